@@ -1,0 +1,138 @@
+import Foundation
+import Logging
+import PatinaCore
+
+/// A node's replicated SQLite database.
+///
+/// Every call runs on the calling thread under one lock; callers on Swift's
+/// cooperative pool should go through ``StoreExecutor`` so blocking SQLite
+/// work runs on a thread of its own.
+// @unchecked Sendable: `storeCore` is only touched inside `lock` (see `core`);
+// a `Mutex<StoreCore>` would say the same but cannot pass the caller's
+// non-Sendable transaction body into its region.
+public final class Store: @unchecked Sendable {
+    public let path: String
+    public let actorID: ActorID
+    private let storeCore: StoreCore
+    private let lock = NSLock()
+
+    private var core: LockedCore { LockedCore(store: self) }
+
+    private struct LockedCore {
+        let store: Store
+        func withLock<T>(_ body: (StoreCore) throws -> T) rethrows -> T {
+            store.lock.lock()
+            defer { store.lock.unlock() }
+            return try body(store.storeCore)
+        }
+    }
+
+    /// Opens (or creates) the database at `path`.
+    ///
+    /// Throws ``StoreOpenError`` for a file that is not a Patina database or is
+    /// corrupt; such a file is never modified.
+    public init(path: String) throws {
+        let core = try StoreCore(path: path)
+        self.path = path
+        self.actorID = core.actorID
+        self.storeCore = core
+    }
+
+    /// Applies the `CREATE TABLE` / `CREATE INDEX` statements of the `.sql` files
+    /// under `paths` (files or folders). Only additive changes are accepted.
+    @discardableResult
+    public func applySchema(paths: [String]) throws -> SchemaReport {
+        let schema = try ParsedSchema.load(paths: paths)
+        return try core.withLock { try $0.apply(schema) }
+    }
+
+    /// Applies schema SQL given as text (the same rules as schema files).
+    @discardableResult
+    public func applySchema(sql: String) throws -> SchemaReport {
+        let schema = try ParsedSchema.parse([("<schema>", sql)])
+        return try core.withLock { try $0.apply(schema) }
+    }
+
+    /// The replicated tables and their columns.
+    public var tables: [TableInfo] {
+        core.withLock { Array($0.tables.values).sorted { $0.name < $1.name } }
+    }
+
+    /// Runs a local write transaction. Every changed cell becomes a change of the
+    /// next version of this node's actor; the result carries the changesets to
+    /// broadcast. A throwing body rolls everything back.
+    public func write<T: Sendable>(_ body: (WriteTransaction) throws -> T) throws -> WriteResult<T> {
+        try core.withLock { core in
+            let (value, version, changesets, _) = try core.write(body)
+            return WriteResult(value: value, version: version, changesets: changesets)
+        }
+    }
+
+    /// Convenience: one statement in its own transaction.
+    @discardableResult
+    public func execute(_ sql: String, _ values: [SQLValue] = []) throws -> WriteResult<Int> {
+        try write { try $0.execute(sql, values) }
+    }
+
+    /// Reads through the writer connection (sees every committed write).
+    public func query(_ sql: String, _ values: [SQLValue] = []) throws -> [[SQLValue]] {
+        try core.withLock { core in try core.runUser { try core.db.query(sql, values) } }
+    }
+
+    /// Merges a batch of remote changesets in one SQLite transaction. Invalid
+    /// changesets are rejected one by one (see ``MergeOutcome/rejections``);
+    /// the rest apply.
+    @discardableResult
+    public func merge(_ changesets: [Changeset]) throws -> MergeOutcome {
+        try core.withLock { try $0.merge(changesets).0 }
+    }
+
+    /// The changesets of `actor` for `versions` that this node holds.
+    public func changesets(actor: ActorID, versions: ClosedRange<Int64>) throws -> [Changeset] {
+        try core.withLock { try $0.changesets(actor: actor, versions: versions) }
+    }
+
+    /// The highest version applied, per actor.
+    public func heads() -> [ActorID: Int64] {
+        core.withLock { core in
+            var heads: [ActorID: Int64] = [:]
+            for (site, book) in core.books where book.head > 0 {
+                if let actor = core.actorOfSite[site] { heads[actor] = book.head }
+            }
+            return heads
+        }
+    }
+
+    /// Applied versions, cleared versions, gaps and partials, per actor.
+    public func bookkeeping() -> [ActorID: ActorBookkeeping] {
+        core.withLock { core in
+            var result: [ActorID: ActorBookkeeping] = [:]
+            for (site, book) in core.books {
+                if let actor = core.actorOfSite[site] { result[actor] = book }
+            }
+            return result
+        }
+    }
+
+    /// Registers a listener told, after each commit and in commit order, which
+    /// rows changed. It runs under the store's lock: it MUST NOT call back into
+    /// the store, and should only hand the event on.
+    @discardableResult
+    public func addListener(_ listener: @escaping @Sendable (CommitEvent) -> Void) -> Int {
+        core.withLock { core in
+            let id = core.nextListenerID
+            core.nextListenerID += 1
+            core.listeners[id] = listener
+            return id
+        }
+    }
+
+    public func removeListener(_ id: Int) {
+        _ = core.withLock { $0.listeners.removeValue(forKey: id) }
+    }
+
+    /// Test hook: the physical clock (milliseconds) used for HLC timestamps.
+    public func setClock(_ now: @escaping @Sendable () -> UInt64) {
+        core.withLock { $0.now = now }
+    }
+}

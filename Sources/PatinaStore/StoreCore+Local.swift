@@ -1,0 +1,240 @@
+import CSQLite
+import PatinaCore
+
+/// Parameters of one user statement: positional or named.
+public enum StatementParameters: Sendable, Equatable {
+    case none
+    case positional([SQLValue])
+    /// Keys with or without their prefix (`":id"` or `"id"`).
+    case named([String: SQLValue])
+}
+
+/// The handle a local write transaction's body uses. Valid only inside the body.
+public final class WriteTransaction {
+    let core: StoreCore
+
+    init(core: StoreCore) { self.core = core }
+
+    /// Runs one user statement; returns the number of rows it changed.
+    @discardableResult
+    public func execute(_ sql: String, _ parameters: StatementParameters = .none) throws -> Int {
+        let stmt = try core.prepareUserStatement(sql, parameters)
+        let before = core.db.totalChanges
+        try core.runUser { while try stmt.step() {} }
+        return core.db.totalChanges - before == 0 ? 0 : core.db.changes
+    }
+
+    @discardableResult
+    public func execute(_ sql: String, _ values: [SQLValue]) throws -> Int {
+        try execute(sql, .positional(values))
+    }
+
+    /// Runs a read inside the transaction (sees its own writes).
+    public func query(_ sql: String, _ parameters: StatementParameters = .none) throws -> [[SQLValue]] {
+        let stmt = try core.prepareUserStatement(sql, parameters)
+        var rows: [[SQLValue]] = []
+        try core.runUser {
+            while try stmt.step() { rows.append((0..<stmt.columnCount).map { stmt.value(at: $0) }) }
+        }
+        return rows
+    }
+}
+
+/// A user statement refused by the guard on internal tables, DDL and transaction control.
+public struct StatementNotAllowed: Error, CustomStringConvertible, Sendable {
+    public let reason: String
+    public var description: String { reason }
+}
+
+extension StoreCore {
+    static let maxChangesPerChangeset = 1000
+
+    func prepareUserStatement(_ sql: String, _ parameters: StatementParameters) throws -> SQLiteStatement {
+        let stmt = try runUser { try db.prepareSingle(sql) }
+        switch parameters {
+        case .none:
+            break
+        case .positional(let values):
+            guard values.count == stmt.parameterCount else {
+                throw SQLiteError(code: SQLITE_RANGE, message: "statement has \(stmt.parameterCount) parameters, \(values.count) given", sql: sql)
+            }
+            try stmt.bind(values)
+        case .named(let values):
+            for i in stride(from: 1, through: stmt.parameterCount, by: 1) {
+                guard let name = stmt.parameterName(i) else {
+                    throw SQLiteError(code: SQLITE_RANGE, message: "positional parameter ?\(i) in a statement given named parameters", sql: sql)
+                }
+                guard let value = values[name] ?? values[String(name.dropFirst())] else {
+                    throw SQLiteError(code: SQLITE_RANGE, message: "no value for parameter \(name)", sql: sql)
+                }
+                try stmt.bind(value, at: i)
+            }
+        }
+        return stmt
+    }
+
+    /// Runs `body` with the guard for user SQL on, turning its refusals into clear errors.
+    func runUser<T>(_ body: () throws -> T) throws -> T {
+        capture.userStatementsActive = true
+        capture.deniedReason = nil
+        defer { capture.userStatementsActive = false }
+        do {
+            return try body()
+        } catch let error as SQLiteError where error.isAuthorizationDenied {
+            throw StatementNotAllowed(reason: capture.deniedReason ?? error.message)
+        }
+    }
+
+    /// Runs a local write transaction: every changed cell is captured under the
+    /// next version of this node's actor.
+    func write<T>(_ body: (WriteTransaction) throws -> T) throws -> (T, Int64?, [Changeset], CommitEvent?) {
+        let local: Int64 = 0
+        let version = (books[local]?.head ?? 0) + 1
+        var event: CommitEvent?
+        let result = try inTransaction { () throws -> (T, Int64?, [Changeset]) in
+            let ts = hlc.tick(nowMilliseconds: now())
+            capture.version = version
+            capture.nextSeq = 0
+            capture.capturing = true
+            let value = try body(WriteTransaction(core: self))
+            capture.capturing = false
+            guard capture.nextSeq > 0 else { return (value, nil, []) }
+            let lastSeq = capture.nextSeq - 1
+            try db.run("INSERT INTO __patina_versions (site, version, last_seq, ts) VALUES (0, ?, ?, ?)",
+                       [.integer(version), .integer(lastSeq), .integer(Int64(bitPattern: ts.rawValue))])
+            books[local, default: ActorBookkeeping()].applied.insert(version)
+            try persistRanges(table: "__patina_bookkeeping", site: local, ranges: books[local]!.applied)
+            let changes = try readChanges(site: local, versions: version...version)[version] ?? []
+            event = CommitEvent(source: .local(version: version), rows: Self.rowKinds(changes))
+            let changesets = Self.chunk(actor: actorID, version: version, changes: changes, lastSeq: lastSeq, ts: ts)
+            return (value, version, changesets)
+        }
+        if let event { notify(event) }
+        return (result.0, result.1, result.2, event)
+    }
+
+    static func rowKinds(_ changes: [Change]) -> [String: [PackedPrimaryKey: RowChangeKind]] {
+        var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
+        for c in changes {
+            rows[c.table, default: [:]][c.pk] = c.cl % 2 == 0 ? .delete : .upsert
+        }
+        return rows
+    }
+
+    /// Splits a version's changes (sorted by seq) into changesets of bounded size
+    /// whose seq ranges tile `0...lastSeq`.
+    static func chunk(actor: ActorID, version: Int64, changes: [Change], lastSeq: Int64, ts: HybridTimestamp) -> [Changeset] {
+        if changes.count <= maxChangesPerChangeset {
+            return [.changes(actor: actor, version: version, changes: changes, seqs: 0...lastSeq, lastSeq: lastSeq, ts: ts)]
+        }
+        var result: [Changeset] = []
+        var start: Int64 = 0
+        var index = 0
+        while index < changes.count {
+            let end = min(index + maxChangesPerChangeset, changes.count)
+            let slice = Array(changes[index..<end])
+            let upper = end == changes.count ? lastSeq : slice.last!.seq
+            result.append(.changes(actor: actor, version: version, changes: slice, seqs: start...upper, lastSeq: lastSeq, ts: ts))
+            start = upper + 1
+            index = end
+        }
+        return result
+    }
+
+    /// The changes of `site` whose clock rows are still attributed to versions in
+    /// `versions`, with current values, grouped by version and sorted by seq.
+    func readChanges(site: Int64, versions: ClosedRange<Int64>) throws -> [Int64: [Change]] {
+        var byVersion: [Int64: [Change]] = [:]
+        for table in tables.values.sorted(by: { $0.name < $1.name }) {
+            let statements = try statements(for: table)
+            let stmt = try db.cached(statements.selectByVersion)
+            stmt.bind(site, at: 1)
+            stmt.bind(versions.lowerBound, at: 2)
+            stmt.bind(versions.upperBound, at: 3)
+            var rows: [(pk: PackedPrimaryKey, cid: String, colVersion: Int64, version: Int64, seq: Int64, cl: Int64)] = []
+            while try stmt.step() {
+                rows.append((PackedPrimaryKey(bytes: stmt.bytes(at: 0)), stmt.string(at: 1), stmt.int64(at: 2),
+                             stmt.int64(at: 3), stmt.int64(at: 4), stmt.isNull(at: 5) ? 1 : stmt.int64(at: 5)))
+            }
+            stmt.reset()
+            var rowValues: [PackedPrimaryKey: [SQLValue]] = [:]
+            for r in rows {
+                var val = SQLValue.null
+                if r.cid != Change.sentinelColumn, let columnIndex = table.columns.firstIndex(of: r.cid) {
+                    if rowValues[r.pk] == nil { rowValues[r.pk] = try readRow(table: table, pk: r.pk) }
+                    val = rowValues[r.pk]?[columnIndex] ?? .null
+                }
+                let change = Change(table: table.name, pk: r.pk, cid: r.cid, val: val,
+                                    colVersion: r.colVersion, seq: r.seq, cl: r.cl)
+                byVersion[r.version, default: []].append(change)
+            }
+        }
+        for key in byVersion.keys { byVersion[key]!.sort { $0.seq < $1.seq } }
+        return byVersion
+    }
+
+    /// The non-key cells of one row, or nil when it does not exist.
+    func readRow(table: TableInfo, pk: PackedPrimaryKey) throws -> [SQLValue]? {
+        guard !table.columns.isEmpty else { return [] }
+        let stmt = try db.cached(try statements(for: table).selectRow)
+        try stmt.bind(try pk.decode())
+        defer { stmt.reset() }
+        guard try stmt.step() else { return nil }
+        return (0..<stmt.columnCount).map { stmt.value(at: $0) }
+    }
+
+    /// The changesets of `actor` for `versions`: complete changes for versions
+    /// that still have cells, cleared ranges for those that have none. Versions
+    /// this node has not applied are left out.
+    func changesets(actor: ActorID, versions: ClosedRange<Int64>) throws -> [Changeset] {
+        guard let site = siteOfActor[actor], let book = books[site] else { return [] }
+        let changes = try readChanges(site: site, versions: versions)
+        var meta: [Int64: (lastSeq: Int64, ts: HybridTimestamp)] = [:]
+        let stmt = try db.cached("SELECT version, last_seq, ts FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?")
+        stmt.bind(site, at: 1)
+        stmt.bind(versions.lowerBound, at: 2)
+        stmt.bind(versions.upperBound, at: 3)
+        while try stmt.step() {
+            meta[stmt.int64(at: 0)] = (stmt.int64(at: 1), HybridTimestamp(rawValue: UInt64(bitPattern: stmt.int64(at: 2))))
+        }
+        stmt.reset()
+        var result: [Changeset] = []
+        var newlyCleared = VersionRangeSet()
+        var clearedRun: ClosedRange<Int64>?
+        func flushCleared() {
+            if let run = clearedRun { result.append(.cleared(actor: actor, versions: run)) }
+            clearedRun = nil
+        }
+        for applied in book.applied.ranges {
+            let lower = max(applied.lowerBound, versions.lowerBound)
+            let upper = min(applied.upperBound, versions.upperBound)
+            guard lower <= upper else { continue }
+            var v = lower
+            while v <= upper {
+                if let cs = changes[v], let m = meta[v] {
+                    flushCleared()
+                    result += Self.chunk(actor: actor, version: v, changes: cs, lastSeq: m.lastSeq, ts: m.ts)
+                } else {
+                    if !book.cleared.contains(v) { newlyCleared.insert(v) }
+                    if let run = clearedRun, run.upperBound == v - 1 { clearedRun = run.lowerBound...v } else {
+                        flushCleared()
+                        clearedRun = v...v
+                    }
+                }
+                v += 1
+            }
+            flushCleared()
+        }
+        if !newlyCleared.isEmpty {
+            try inTransaction {
+                for r in newlyCleared.ranges {
+                    try db.run("DELETE FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?",
+                               [.integer(site), .integer(r.lowerBound), .integer(r.upperBound)])
+                }
+                books[site]!.cleared.formUnion(newlyCleared)
+                try persistRanges(table: "__patina_cleared", site: site, ranges: books[site]!.cleared)
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,428 @@
+import CSQLite
+import PatinaCore
+
+/// The merge of remote changes: the CRDT rules of DESIGN.md, in one place.
+///
+/// For an incoming change to row `pk` with causal length `cl`, against the
+/// row's local causal length `localCl` (its sentinel; 0 for an unknown row):
+/// 1. `cl < localCl`: the change loses.
+/// 2. An even `cl` (a delete) greater than `localCl` deletes the row and its
+///    column clocks and records the new sentinel.
+/// 3. A sentinel with an odd `cl` greater than `localCl` resurrects the row:
+///    the key exists again and every column clock starts over.
+/// 4. A column change with an odd `cl` greater than `localCl` first resurrects
+///    the row (with an unattributed sentinel) and then wins.
+/// 5. Otherwise, for equal `cl`, the cell with no local clock takes the change;
+///    else the higher `col_version` wins, then the greater value
+///    (``SQLValue/mergeOrder(_:_:)``), then the greater actor id.
+/// 6. Sentinels of equal `cl`: a real one replaces an unattributed one, and
+///    among real ones the least (actor, version, seq) is kept, so every replica
+///    attributes the row's causal length to the same write.
+/// Losing changes change nothing. Merged writes run with capture off, so they
+/// are never captured again as local changes.
+extension StoreCore {
+    struct RowKey: Hashable {
+        var table: String
+        var pk: PackedPrimaryKey
+    }
+
+    struct Sentinel {
+        var cl: Int64
+        var site: Int64
+        var version: Int64
+        var seq: Int64
+    }
+
+    struct SiteVersion: Hashable {
+        var site: Int64
+        var version: Int64
+    }
+
+    /// What a merge batch touched, gathered while it runs.
+    struct MergeContext {
+        var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
+        var overwritten: Set<SiteVersion> = []
+        var sentinels: [RowKey: Sentinel?] = [:]
+        var touchedSites: Set<Int64> = []
+        var originTimestamps: [HybridTimestamp] = []
+        var written = 0
+    }
+
+    /// The origin of an incoming change.
+    struct Origin {
+        var site: Int64
+        var actor: ActorID
+        var version: Int64
+    }
+
+    func merge(_ batch: [Changeset]) throws -> (MergeOutcome, CommitEvent?) {
+        var outcome = MergeOutcome()
+        var ctx = MergeContext()
+        try inTransaction {
+            capture.capturing = false
+            for (index, changeset) in batch.enumerated() {
+                if changeset.actor == actorID {
+                    outcome.duplicates += 1  // our own changes, relayed back
+                    continue
+                }
+                let decoded: [[SQLValue]]
+                do {
+                    decoded = try validate(changeset)
+                } catch {
+                    outcome.rejections.append(ChangesetRejection(
+                        index: index, actor: changeset.actor, versions: changeset.versions, reason: "\(error)"))
+                    continue
+                }
+                let site = try site(for: changeset.actor)
+                let savedBook = books[site]
+                try db.execute("SAVEPOINT patina_changeset")
+                do {
+                    try mergeOne(changeset, decodedKeys: decoded, site: site, outcome: &outcome, ctx: &ctx)
+                    try db.execute("RELEASE patina_changeset")
+                } catch {
+                    try db.execute("ROLLBACK TO patina_changeset; RELEASE patina_changeset")
+                    books[site] = savedBook
+                    ctx.sentinels = [:]
+                    outcome.rejections.append(ChangesetRejection(
+                        index: index, actor: changeset.actor, versions: changeset.versions, reason: "\(error)"))
+                }
+            }
+            try recordClearedVersions(&ctx)
+            try persistBooks(sites: ctx.touchedSites)
+        }
+        outcome.changesWritten = ctx.written
+        for ts in ctx.originTimestamps { hlc.observe(ts) }
+        let event = CommitEvent(source: .remote, rows: ctx.rows, originTimestamps: ctx.originTimestamps)
+        notify(event)
+        return (outcome, event)
+    }
+
+    struct InvalidChangeset: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Checks everything about a changeset that does not need the database, and
+    /// decodes its primary keys. Throws a description of the first problem.
+    func validate(_ changeset: Changeset) throws -> [[SQLValue]] {
+        func fail(_ message: String) -> InvalidChangeset { InvalidChangeset(description: message) }
+        switch changeset.content {
+        case .cleared(let versions):
+            guard versions.lowerBound >= 1 else { throw fail("impossible version range \(versions)") }
+            return []
+        case .changes(let version, let changes, let seqs, let lastSeq, _):
+            guard version >= 1 else { throw fail("impossible version \(version)") }
+            guard seqs.lowerBound >= 0, seqs.upperBound <= lastSeq, lastSeq < (1 << 40) else {
+                throw fail("impossible seq range \(seqs) for last seq \(lastSeq)")
+            }
+            guard changes.count <= seqs.count else { throw fail("more changes than seqs in \(seqs)") }
+            var seen = Set<Int64>()
+            var keys: [[SQLValue]] = []
+            keys.reserveCapacity(changes.count)
+            for change in changes {
+                guard let table = tables[change.table] else { throw fail("unknown table \(change.table)") }
+                guard change.isSentinel || table.hasColumn(change.cid) else {
+                    throw fail("unknown column \(change.table).\(change.cid)")
+                }
+                guard seqs.contains(change.seq), seen.insert(change.seq).inserted else {
+                    throw fail("seq \(change.seq) outside \(seqs) or repeated")
+                }
+                guard change.cl >= 1, change.colVersion >= 0 else {
+                    throw fail("impossible causal length \(change.cl) or col_version \(change.colVersion)")
+                }
+                let values: [SQLValue]
+                do { values = try change.pk.decode() } catch { throw fail("\(change.table): \(error)") }
+                guard values.count == table.pkColumns.count, !values.contains(.null) else {
+                    throw fail("malformed primary key for \(change.table): expected \(table.pkColumns.count) non-NULL values")
+                }
+                keys.append(values)
+            }
+            return keys
+        }
+    }
+
+    private func mergeOne(
+        _ changeset: Changeset, decodedKeys: [[SQLValue]], site: Int64, outcome: inout MergeOutcome, ctx: inout MergeContext
+    ) throws {
+        ctx.touchedSites.insert(site)
+        switch changeset.content {
+        case .cleared(let versions):
+            let missing = books[site]!.applied.missing(in: versions)
+            if missing.isEmpty {
+                outcome.duplicates += 1
+                return
+            }
+            for r in missing {
+                try db.run("DELETE FROM __patina_buffer WHERE site = ? AND version BETWEEN ? AND ?",
+                           [.integer(site), .integer(r.lowerBound), .integer(r.upperBound)])
+                try db.run("DELETE FROM __patina_partials WHERE site = ? AND version BETWEEN ? AND ?",
+                           [.integer(site), .integer(r.lowerBound), .integer(r.upperBound)])
+                books[site]!.applied.insert(r)
+                books[site]!.cleared.insert(r)
+                for v in books[site]!.partials.keys where r.contains(v) { books[site]!.partials[v] = nil }
+            }
+            outcome.appliedVersions += 1
+
+        case .changes(let version, let changes, let seqs, let lastSeq, let ts):
+            if books[site]!.applied.contains(version) {
+                outcome.duplicates += 1
+                return
+            }
+            let origin = Origin(site: site, actor: changeset.actor, version: version)
+            let partial = books[site]!.partials[version]
+            if partial == nil && seqs == 0...lastSeq {
+                try applyVersion(origin, changes: changes, keys: decodedKeys, lastSeq: lastSeq, ts: ts, ctx: &ctx)
+                outcome.appliedVersions += 1
+                return
+            }
+            var received = partial?.seqs ?? VersionRangeSet()
+            if let partial, partial.lastSeq != lastSeq {
+                throw InvalidChangeset(description: "last seq \(lastSeq) disagrees with \(partial.lastSeq) of earlier parts")
+            }
+            if received.contains(seqs) {
+                outcome.duplicates += 1
+                return
+            }
+            let buffer = try db.cached("""
+                INSERT INTO __patina_buffer (site, version, seq, tbl, pk, cid, val, col_version, cl)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+            for change in changes where !received.contains(change.seq) {
+                buffer.reset()
+                buffer.bind(site, at: 1)
+                buffer.bind(version, at: 2)
+                buffer.bind(change.seq, at: 3)
+                buffer.bind(change.table, at: 4)
+                buffer.bind(change.pk.bytes, at: 5)
+                buffer.bind(change.cid, at: 6)
+                try buffer.bind(change.val, at: 7)
+                buffer.bind(change.colVersion, at: 8)
+                buffer.bind(change.cl, at: 9)
+                try buffer.step()
+            }
+            received.insert(seqs)
+            if received.contains(0...lastSeq) {
+                let all = try bufferedChanges(site: site, version: version)
+                try db.run("DELETE FROM __patina_buffer WHERE site = ? AND version = ?", [.integer(site), .integer(version)])
+                try db.run("DELETE FROM __patina_partials WHERE site = ? AND version = ?", [.integer(site), .integer(version)])
+                books[site]!.partials[version] = nil
+                let keys = try all.map { try $0.pk.decode() }
+                try applyVersion(origin, changes: all, keys: keys, lastSeq: lastSeq, ts: ts, ctx: &ctx)
+                outcome.appliedVersions += 1
+            } else {
+                try db.run("""
+                    INSERT INTO __patina_partials (site, version, last_seq, ts, seqs) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT (site, version) DO UPDATE SET seqs = excluded.seqs
+                    """, [.integer(site), .integer(version), .integer(lastSeq), .integer(Int64(bitPattern: ts.rawValue)),
+                          .text(Self.encodeRanges(received))])
+                books[site]!.partials[version] = (received, lastSeq)
+                outcome.buffered += 1
+            }
+        }
+    }
+
+    private func bufferedChanges(site: Int64, version: Int64) throws -> [Change] {
+        let stmt = try db.cached("""
+            SELECT tbl, pk, cid, val, col_version, seq, cl FROM __patina_buffer
+            WHERE site = ? AND version = ? ORDER BY seq
+            """)
+        stmt.bind(site, at: 1)
+        stmt.bind(version, at: 2)
+        var changes: [Change] = []
+        while try stmt.step() {
+            changes.append(Change(table: stmt.string(at: 0), pk: PackedPrimaryKey(bytes: stmt.bytes(at: 1)),
+                                  cid: stmt.string(at: 2), val: stmt.value(at: 3), colVersion: stmt.int64(at: 4),
+                                  seq: stmt.int64(at: 5), cl: stmt.int64(at: 6)))
+        }
+        stmt.reset()
+        return changes
+    }
+
+    /// Applies every change of one complete version, in seq order.
+    private func applyVersion(
+        _ origin: Origin, changes: [Change], keys: [[SQLValue]], lastSeq: Int64, ts: HybridTimestamp, ctx: inout MergeContext
+    ) throws {
+        var order = Array(changes.indices)
+        if !zip(changes, changes.dropFirst()).allSatisfy({ $0.seq < $1.seq }) {
+            order.sort { changes[$0].seq < changes[$1].seq }
+        }
+        var attributed = false
+        for i in order {
+            if try mergeChange(changes[i], key: keys[i], origin: origin, ctx: &ctx) { attributed = true }
+        }
+        books[origin.site]!.applied.insert(origin.version)
+        ctx.originTimestamps.append(ts)
+        if attributed {
+            try db.run("INSERT OR REPLACE INTO __patina_versions (site, version, last_seq, ts) VALUES (?, ?, ?, ?)",
+                       [.integer(origin.site), .integer(origin.version), .integer(lastSeq),
+                        .integer(Int64(bitPattern: ts.rawValue))])
+        } else {
+            books[origin.site]!.cleared.insert(origin.version)  // nothing of it survives here
+        }
+    }
+
+    private func sentinel(_ key: RowKey, statements st: TableStatements, ctx: inout MergeContext) throws -> Sentinel? {
+        if let cached = ctx.sentinels[key] { return cached }
+        let stmt = st.selectSentinel
+        stmt.reset()
+        stmt.bind(key.pk.bytes, at: 1)
+        var result: Sentinel?
+        if try stmt.step() {
+            result = Sentinel(cl: stmt.int64(at: 0), site: stmt.int64(at: 1), version: stmt.int64(at: 2), seq: stmt.int64(at: 3))
+        }
+        stmt.reset()
+        ctx.sentinels[key] = result
+        return result
+    }
+
+    private func writeClock(_ st: TableStatements, pk: PackedPrimaryKey, cid: String, colVersion: Int64,
+                            version: Int64, seq: Int64, site: Int64) throws {
+        let s = st.upsertClock
+        s.reset()
+        s.bind(pk.bytes, at: 1)
+        s.bind(cid, at: 2)
+        s.bind(colVersion, at: 3)
+        s.bind(version, at: 4)
+        s.bind(seq, at: 5)
+        s.bind(site, at: 6)
+        try s.step()
+    }
+
+    private func bindKey(_ stmt: SQLiteStatement, _ key: [SQLValue]) throws {
+        stmt.reset()
+        for (i, v) in key.enumerated() { try stmt.bind(v, at: i + 1) }
+    }
+
+    private func dropColumnClocks(_ st: TableStatements, pk: PackedPrimaryKey, ctx: inout MergeContext) throws {
+        let s = st.deleteColumnClocks
+        s.reset()
+        s.bind(pk.bytes, at: 1)
+        while try s.step() {
+            ctx.overwritten.insert(SiteVersion(site: s.int64(at: 0), version: s.int64(at: 1)))
+        }
+        s.reset()
+    }
+
+    private func setSentinel(_ st: TableStatements, key: RowKey, _ new: Sentinel, replacing old: Sentinel?, ctx: inout MergeContext) throws {
+        try writeClock(st, pk: key.pk, cid: Change.sentinelColumn, colVersion: new.cl, version: new.version, seq: new.seq, site: new.site)
+        if let old, old.site >= 0 { ctx.overwritten.insert(SiteVersion(site: old.site, version: old.version)) }
+        ctx.sentinels[key] = new
+    }
+
+    /// Merges one change; true when a clock row ends up attributed to it.
+    private func mergeChange(_ change: Change, key: [SQLValue], origin: Origin, ctx: inout MergeContext) throws -> Bool {
+        guard let table = tables[change.table] else { return false }
+        let st = try statements(for: table)
+        let rowKey = RowKey(table: change.table, pk: change.pk)
+        let local = try sentinel(rowKey, statements: st, ctx: &ctx)
+        let localCl = local?.cl ?? 0
+        if change.cl < localCl { return false }
+        let isDelete = change.cl % 2 == 0
+        if isDelete && !change.isSentinel { return false }  // a cell of a deleted row: nothing to do
+
+        if change.isSentinel {
+            let incoming = Sentinel(cl: change.cl, site: origin.site, version: origin.version, seq: change.seq)
+            if change.cl == localCl {
+                // Rule 6: same causal length; only the attribution may move.
+                guard let local, local.site < 0 || attributionPrecedes(incoming, origin.actor, local) else { return false }
+                try setSentinel(st, key: rowKey, incoming, replacing: local, ctx: &ctx)
+                return true
+            }
+            if isDelete {
+                try bindKey(st.deleteRow, key)
+                try st.deleteRow.step()
+                try dropColumnClocks(st, pk: change.pk, ctx: &ctx)
+                ctx.rows[change.table, default: [:]][change.pk] = .delete
+            } else {
+                try bindKey(st.insertKeyOnly, key)
+                try st.insertKeyOnly.step()
+                try dropColumnClocks(st, pk: change.pk, ctx: &ctx)
+                ctx.rows[change.table, default: [:]][change.pk] = .upsert
+            }
+            try setSentinel(st, key: rowKey, incoming, replacing: local, ctx: &ctx)
+            ctx.written += 1
+            return true
+        }
+
+        var wins = false
+        if change.cl > localCl {
+            // Rule 4: the row is (re)created by a change that arrived before its sentinel.
+            try bindKey(st.insertKeyOnly, key)
+            try st.insertKeyOnly.step()
+            if local != nil { try dropColumnClocks(st, pk: change.pk, ctx: &ctx) }
+            try setSentinel(st, key: rowKey, Sentinel(cl: change.cl, site: -1, version: 0, seq: 0), replacing: local, ctx: &ctx)
+            wins = true
+        }
+        var previous: SiteVersion?
+        if !wins {
+            let s = st.selectClock
+            s.reset()
+            s.bind(change.pk.bytes, at: 1)
+            s.bind(change.cid, at: 2)
+            if try s.step() {
+                let localVersion = s.int64(at: 0)
+                let localSite = s.int64(at: 1)
+                previous = SiteVersion(site: localSite, version: s.int64(at: 2))
+                s.reset()
+                if change.colVersion != localVersion {
+                    wins = change.colVersion > localVersion
+                } else {
+                    let order = SQLValue.mergeOrder(change.val, try readCell(st, column: change.cid, key: key))
+                    if order != 0 {
+                        wins = order > 0
+                    } else if let localActor = actorOfSite[localSite] {
+                        wins = origin.actor > localActor
+                    }
+                }
+            } else {
+                s.reset()
+                wins = true
+            }
+        }
+        guard wins, let upsert = st.upsertCell[change.cid] else { return false }
+        try bindKey(upsert, key)
+        try upsert.bind(change.val, at: key.count + 1)
+        try upsert.step()
+        try writeClock(st, pk: change.pk, cid: change.cid, colVersion: change.colVersion,
+                       version: origin.version, seq: change.seq, site: origin.site)
+        if let previous { ctx.overwritten.insert(previous) }
+        ctx.rows[change.table, default: [:]][change.pk] = .upsert
+        ctx.written += 1
+        return true
+    }
+
+    private func attributionPrecedes(_ incoming: Sentinel, _ incomingActor: ActorID, _ local: Sentinel) -> Bool {
+        guard let localActor = actorOfSite[local.site] else { return true }
+        if incomingActor != localActor { return incomingActor < localActor }
+        if incoming.version != local.version { return incoming.version < local.version }
+        return incoming.seq < local.seq
+    }
+
+    private func readCell(_ st: TableStatements, column: String, key: [SQLValue]) throws -> SQLValue {
+        guard let s = st.selectCell[column] else { return .null }
+        try bindKey(s, key)
+        defer { s.reset() }
+        return try s.step() ? s.value(at: 0) : .null
+    }
+
+    /// Versions whose last clock row was overwritten in this batch are recorded
+    /// as cleared, so peers asking for them get an empty answer at once.
+    private func recordClearedVersions(_ ctx: inout MergeContext) throws {
+        for sv in ctx.overwritten where sv.site >= 0 {
+            guard let book = books[sv.site], book.applied.contains(sv.version), !book.cleared.contains(sv.version) else { continue }
+            var alive = false
+            for table in tables.values {
+                let clock = quoteIdentifier(table.clockTable)
+                if try db.scalar("SELECT 1 FROM \(clock) WHERE site = ? AND db_version = ? LIMIT 1",
+                                 [.integer(sv.site), .integer(sv.version)]) != nil {
+                    alive = true
+                    break
+                }
+            }
+            if !alive {
+                books[sv.site]!.cleared.insert(sv.version)
+                try db.run("DELETE FROM __patina_versions WHERE site = ? AND version = ?", [.integer(sv.site), .integer(sv.version)])
+                ctx.touchedSites.insert(sv.site)
+            }
+        }
+    }
+}

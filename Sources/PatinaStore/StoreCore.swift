@@ -1,0 +1,215 @@
+import CSQLite
+import Foundation
+import PatinaCore
+
+/// The store's single-threaded core: one writer connection and the in-memory
+/// mirror of its bookkeeping. ``Store`` serializes every call into it.
+final class StoreCore {
+    static let formatTag = "patina/1"
+
+    let path: String
+    let db: SQLiteConnection
+    let capture = CaptureState()
+    private(set) var actorID: ActorID = .random()
+    var tables: [String: TableInfo] = [:]
+    var hlc = HybridLogicalClock()
+    /// Actor ↔ site ordinal (0 is this node).
+    var siteOfActor: [ActorID: Int64] = [:]
+    var actorOfSite: [Int64: ActorID] = [:]
+    var books: [Int64: ActorBookkeeping] = [:]
+    var listeners: [Int: @Sendable (CommitEvent) -> Void] = [:]
+    var nextListenerID = 0
+    var tableStatements: [String: TableStatements] = [:]
+    var now: () -> UInt64 = { UInt64(Date().timeIntervalSince1970 * 1000) }
+
+    init(path: String) throws {
+        self.path = path
+        try Self.checkFileHeader(path: path)
+        do {
+            db = try SQLiteConnection(path: path)
+        } catch {
+            throw StoreOpenError(path: path, reason: error.message)
+        }
+        CaptureFunctions.register(on: db.handle, state: capture)
+        do {
+            try db.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+            try openOrInitialize()
+        } catch let error as StoreOpenError {
+            throw error
+        } catch let error as SQLiteError where error.isCorrupt {
+            throw StoreOpenError(path: path, reason: "the database is corrupt or not a database (\(error.message))")
+        }
+    }
+
+    /// Refuses files that are not SQLite databases before SQLite touches them.
+    private static func checkFileHeader(path: String) throws {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return }  // new file
+        defer { try? handle.close() }
+        let header = (try? handle.read(upToCount: 16)) ?? Data()
+        if header.isEmpty { return }
+        if header != Data("SQLite format 3\0".utf8) {
+            throw StoreOpenError(path: path, reason: "not a SQLite database (bad file header); refusing to touch it")
+        }
+    }
+
+    private func openOrInitialize() throws {
+        let hasMeta = try db.scalar("SELECT count(*) FROM sqlite_master WHERE name = '__patina_meta'") == .integer(1)
+        if hasMeta {
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            if size < 256 << 20 {
+                let check = try db.query("PRAGMA quick_check")
+                if check.first?.first != .text("ok") {
+                    throw StoreOpenError(path: path, reason: "the database is corrupt: \(check.prefix(3).map { "\($0[0])" }.joined(separator: "; "))")
+                }
+            }
+            guard try db.scalar("SELECT value FROM __patina_meta WHERE key = 'format'") == .text(Self.formatTag) else {
+                throw StoreOpenError(path: path, reason: "unknown Patina database format")
+            }
+            guard case .blob(let bytes) = try db.scalar("SELECT value FROM __patina_meta WHERE key = 'actor_id'"),
+                let actor = ActorID(bytes: bytes)
+            else { throw StoreOpenError(path: path, reason: "the node identity is missing or malformed") }
+            actorID = actor
+        } else {
+            let userObjects = try db.scalar("SELECT count(*) FROM sqlite_master")
+            if userObjects != .integer(0) {
+                throw StoreOpenError(path: path, reason: "an existing SQLite database that is not a Patina database; refusing to modify it")
+            }
+            try initialize()
+        }
+        try loadState()
+    }
+
+    private func initialize() throws {
+        try db.execute(
+            """
+            BEGIN;
+            CREATE TABLE __patina_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+            CREATE TABLE __patina_sites (ordinal INTEGER PRIMARY KEY, actor BLOB NOT NULL UNIQUE);
+            CREATE TABLE __patina_bookkeeping (site INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+                PRIMARY KEY (site, start)) WITHOUT ROWID;
+            CREATE TABLE __patina_cleared (site INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
+                PRIMARY KEY (site, start)) WITHOUT ROWID;
+            CREATE TABLE __patina_versions (site INTEGER NOT NULL, version INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                ts INTEGER NOT NULL, PRIMARY KEY (site, version)) WITHOUT ROWID;
+            CREATE TABLE __patina_partials (site INTEGER NOT NULL, version INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                ts INTEGER NOT NULL, seqs TEXT NOT NULL, PRIMARY KEY (site, version)) WITHOUT ROWID;
+            CREATE TABLE __patina_buffer (site INTEGER NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
+                tbl TEXT NOT NULL, pk BLOB NOT NULL, cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, cl INTEGER NOT NULL);
+            CREATE INDEX __patina_buffer_version ON __patina_buffer (site, version);
+            CREATE TABLE __patina_members (actor BLOB PRIMARY KEY, address TEXT NOT NULL, state TEXT NOT NULL,
+                rtt_ms REAL, updated_at INTEGER NOT NULL) WITHOUT ROWID;
+            COMMIT;
+            """)
+        try db.run("INSERT INTO __patina_meta (key, value) VALUES ('format', ?), ('actor_id', ?)",
+                   [.text(Self.formatTag), .blob(actorID.bytes)])
+        try db.run("INSERT INTO __patina_sites (ordinal, actor) VALUES (0, ?)", [.blob(actorID.bytes)])
+    }
+
+    private func loadState() throws {
+        for row in try db.query("SELECT ordinal, actor FROM __patina_sites") {
+            guard case .integer(let site) = row[0], case .blob(let bytes) = row[1], let actor = ActorID(bytes: bytes) else { continue }
+            siteOfActor[actor] = site
+            actorOfSite[site] = actor
+            books[site] = ActorBookkeeping()
+        }
+        for row in try db.query("SELECT site, start, \"end\" FROM __patina_bookkeeping") {
+            guard case .integer(let site) = row[0], case .integer(let s) = row[1], case .integer(let e) = row[2] else { continue }
+            books[site, default: ActorBookkeeping()].applied.insert(s...e)
+        }
+        for row in try db.query("SELECT site, start, \"end\" FROM __patina_cleared") {
+            guard case .integer(let site) = row[0], case .integer(let s) = row[1], case .integer(let e) = row[2] else { continue }
+            books[site, default: ActorBookkeeping()].cleared.insert(s...e)
+        }
+        for row in try db.query("SELECT site, version, last_seq, seqs FROM __patina_partials") {
+            guard case .integer(let site) = row[0], case .integer(let v) = row[1], case .integer(let last) = row[2],
+                case .text(let seqs) = row[3]
+            else { continue }
+            books[site, default: ActorBookkeeping()].partials[v] = (Self.decodeRanges(seqs), last)
+        }
+        if case .integer(let maxTs) = try db.scalar("SELECT max(ts) FROM __patina_versions") {
+            hlc.observe(HybridTimestamp(rawValue: UInt64(bitPattern: maxTs)))
+        }
+        try loadTables()
+    }
+
+    /// Replicated tables are those with a clock table.
+    func loadTables() throws {
+        tables = [:]
+        tableStatements = [:]
+        db.clearStatementCache()
+        let names = try db.query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '%__patina%' AND name NOT LIKE 'sqlite_%'")
+        for row in names {
+            guard case .text(let name) = row[0] else { continue }
+            let clock = name + "__patina_clock"
+            guard try db.scalar("SELECT count(*) FROM sqlite_master WHERE name = ?", [.text(clock)]) == .integer(1) else { continue }
+            let columns = try ParsedSchema.columnInfo(of: name, in: db)
+            tables[name] = TableInfo(
+                name: name,
+                pkColumns: columns.filter { $0.pkIndex > 0 }.sorted { $0.pkIndex < $1.pkIndex }.map(\.name),
+                columns: columns.filter { $0.pkIndex == 0 }.map(\.name))
+        }
+    }
+
+    // MARK: Sites and bookkeeping persistence
+
+    func site(for actor: ActorID) throws -> Int64 {
+        if let site = siteOfActor[actor] { return site }
+        let site = Int64(siteOfActor.count)
+        try db.run("INSERT INTO __patina_sites (ordinal, actor) VALUES (?, ?)", [.integer(site), .blob(actor.bytes)])
+        siteOfActor[actor] = site
+        actorOfSite[site] = actor
+        books[site] = ActorBookkeeping()
+        return site
+    }
+
+    func persistRanges(table: String, site: Int64, ranges: VersionRangeSet) throws {
+        try db.run("DELETE FROM \(table) WHERE site = ?", [.integer(site)])
+        for r in ranges.ranges {
+            try db.run("INSERT INTO \(table) (site, start, \"end\") VALUES (?, ?, ?)",
+                       [.integer(site), .integer(r.lowerBound), .integer(r.upperBound)])
+        }
+    }
+
+    func persistBooks(sites: some Sequence<Int64>) throws {
+        for site in Set(sites) {
+            let book = books[site] ?? ActorBookkeeping()
+            try persistRanges(table: "__patina_bookkeeping", site: site, ranges: book.applied)
+            try persistRanges(table: "__patina_cleared", site: site, ranges: book.cleared)
+        }
+    }
+
+    static func encodeRanges(_ set: VersionRangeSet) -> String {
+        set.ranges.map { "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: ",")
+    }
+
+    static func decodeRanges(_ text: String) -> VersionRangeSet {
+        var set = VersionRangeSet()
+        for part in text.split(separator: ",") {
+            let bounds = part.split(separator: "-").compactMap { Int64($0) }
+            if bounds.count == 2, bounds[0] <= bounds[1] { set.insert(bounds[0]...bounds[1]) }
+        }
+        return set
+    }
+
+    // MARK: Transactions
+
+    func inTransaction<T>(_ body: () throws -> T) throws -> T {
+        try db.execute("BEGIN IMMEDIATE")
+        do {
+            let value = try body()
+            try db.execute("COMMIT")
+            return value
+        } catch {
+            capture.capturing = false
+            capture.userStatementsActive = false
+            if !db.isAutocommit { try? db.execute("ROLLBACK") }
+            throw error
+        }
+    }
+
+    func notify(_ event: CommitEvent) {
+        if event.rows.isEmpty { return }
+        for listener in listeners.values { listener(event) }
+    }
+}

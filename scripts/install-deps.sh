@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the system packages Patina builds and tests against, on Debian bookworm.
+# Idempotent: quiet and fast when everything is already there.
+set -euo pipefail
+
+packages=(
+  pkg-config
+  libsqlite3-dev
+  libngtcp2-dev
+  libngtcp2-crypto-gnutls-dev
+  libgnutls28-dev
+  libnghttp3-dev
+  libssl-dev
+  openssl
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "installing: ${missing[*]}"
+$sudo apt-get update -q >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# README's test command: installs what is missing, builds, runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+swift build --build-tests
+swift test --skip-build --parallel --num-workers 2 "$@"
