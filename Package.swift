@@ -48,6 +48,17 @@ let package = Package(
             ],
             path: "Sources/PatinaStore"),
         .target(
+            name: "PatinaCerts",
+            dependencies: ["COpenSSL", "PatinaCore"],
+            path: "Sources/PatinaCerts"),
+        .target(
+            name: "PatinaQUIC",
+            dependencies: [
+                "PatinaCore", "CQuic", "CPatinaShims",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/PatinaQUIC"),
+        .target(
             name: "PatinaNode",
             dependencies: [
                 "PatinaCore", "PatinaStore",
@@ -57,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "patina",
             dependencies: [
-                "PatinaNode", "PatinaStore", "PatinaCore",
+                "PatinaNode", "PatinaStore", "PatinaCore", "PatinaQUIC", "PatinaCerts",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/patina"),
@@ -71,6 +82,12 @@ let package = Package(
         .testTarget(
             name: "PatinaStoreTests", dependencies: ["PatinaStore", "PatinaCore", "CSQLite"],
             path: "Tests/PatinaStoreTests"),
+        .testTarget(
+            name: "PatinaCertsTests", dependencies: ["PatinaCerts", "PatinaCore"],
+            path: "Tests/PatinaCertsTests"),
+        .testTarget(
+            name: "PatinaQUICTests", dependencies: ["PatinaQUIC", "PatinaCerts", "PatinaCore"],
+            path: "Tests/PatinaQUICTests"),
     ],
     swiftLanguageModes: [.v6]
 )

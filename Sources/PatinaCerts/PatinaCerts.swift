@@ -1,0 +1,1 @@
+// Certificate tooling (OpenSSL libcrypto): see certs/README.md.

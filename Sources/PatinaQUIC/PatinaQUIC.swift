@@ -1,0 +1,1 @@
+// The QUIC transport (ngtcp2 + GnuTLS): see ../shared/DESIGN.md.

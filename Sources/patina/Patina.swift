@@ -1,0 +1,18 @@
+import ArgumentParser
+import PatinaNode
+
+@main
+struct Patina: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "patina",
+        abstract: "A replication node: SQLite tables as CRDTs, replicated over QUIC with mutual TLS.",
+        version: PatinaNode.version,
+        subcommands: [Bench.self, Certs.self])
+}
+
+/// `patina bench ...`: benchmarks of each layer.
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the store, the links between nodes, and the cluster.",
+        subcommands: [BenchStore.self, BenchLink.self])
+}
