@@ -80,7 +80,7 @@ extension StoreCore {
         defer { capture.userStatementsActive = false }
         do {
             return try body()
-        } catch let error as SQLiteError where error.isAuthorizationDenied {
+        } catch let error as SQLiteError where error.isAuthorizationDenied || capture.deniedReason != nil {
             throw StatementNotAllowed(reason: capture.deniedReason ?? error.message)
         }
     }

@@ -1,0 +1,142 @@
+import PatinaCore
+@testable import PatinaStore
+import Testing
+
+@Suite struct LocalCaptureTests {
+    @Test func eachWriteTransactionTakesTheNextVersionAndCapturesEveryCell() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        let first = try store.write { tx in
+            try tx.execute("INSERT INTO items (id, name, qty) VALUES (1, 'apple', 3)")
+            try tx.execute("INSERT INTO items (id, name) VALUES (2, 'pear')")
+        }
+        #expect(first.version == 1)
+        #expect(first.changesets.count == 1)
+        guard case .changes(let v, let changes, let seqs, let lastSeq, _) = first.changesets[0].content else {
+            Issue.record("expected changes")
+            return
+        }
+        #expect(v == 1)
+        #expect(seqs == 0...lastSeq)
+        // Two rows × (sentinel + 2 columns).
+        #expect(changes.count == 6)
+        #expect(Set(changes.map(\.seq)).count == 6)
+        let apple = changes.filter { $0.pk == pk(.integer(1)) }
+        #expect(apple.first { $0.cid == "name" }?.val == .text("apple"))
+        #expect(apple.first { $0.cid == "qty" }?.val == .integer(3))
+        #expect(apple.first { $0.isSentinel }?.cl == 1)
+
+        let second = try store.execute("UPDATE items SET qty = 4 WHERE id = 1")
+        #expect(second.version == 2)
+        guard case .changes(_, let updates, _, _, _) = second.changesets[0].content else { return }
+        #expect(updates.map(\.cid) == ["qty"])
+        #expect(updates[0].colVersion == 2)
+        #expect(updates[0].val == .integer(4))
+
+        // A statement that changes nothing takes no version.
+        let noop = try store.execute("UPDATE items SET qty = 4 WHERE id = 1")
+        #expect(noop.version == nil)
+        #expect(noop.changesets.isEmpty)
+        #expect(store.heads()[store.actorID] == 2)
+    }
+
+    @Test func deleteAndReinsertAdvanceTheCausalLength() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.execute("INSERT INTO items (id, name) VALUES (7, 'x')")
+        let del = try store.execute("DELETE FROM items WHERE id = 7")
+        guard case .changes(_, let changes, _, _, _) = del.changesets[0].content else { return }
+        #expect(changes.count == 1)
+        #expect(changes[0].isSentinel && changes[0].cl == 2)
+        #expect(try store.sentinelCL(pk(.integer(7))) == 2)
+        // Column clocks of the deleted row are gone.
+        #expect(try store.clocks().count == 1)
+        try store.execute("INSERT INTO items (id, name) VALUES (7, 'y')")
+        #expect(try store.sentinelCL(pk(.integer(7))) == 3)
+    }
+
+    @Test func primaryKeyChangeIsADeleteAndAnInsert() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.execute("INSERT INTO items (id, name, qty) VALUES (1, 'a', 5)")
+        let moved = try store.execute("UPDATE items SET id = 2 WHERE id = 1")
+        guard case .changes(_, let changes, _, _, _) = moved.changesets[0].content else { return }
+        #expect(changes.contains { $0.pk == pk(.integer(1)) && $0.isSentinel && $0.cl == 2 })
+        #expect(changes.contains { $0.pk == pk(.integer(2)) && $0.isSentinel && $0.cl == 1 })
+        #expect(changes.contains { $0.pk == pk(.integer(2)) && $0.cid == "qty" && $0.val == .integer(5) })
+    }
+
+    @Test func aFailedTransactionRollsBackAndTakesNoVersion() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        #expect(throws: (any Error).self) {
+            try store.write { tx in
+                try tx.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+                try tx.execute("INSERT INTO nope VALUES (1)")
+            }
+        }
+        #expect(try store.rows().isEmpty)
+        #expect(store.heads()[store.actorID] == nil)
+        #expect(try store.execute("INSERT INTO items (id) VALUES (1)").version == 1)
+    }
+
+    @Test func writesToInternalTablesAndDDLAreRefused() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.execute("INSERT INTO items (id) VALUES (1)")
+        for sql in [
+            "DELETE FROM items__patina_clock",
+            "UPDATE __patina_bookkeeping SET \"end\" = 99",
+            "INSERT INTO __patina_meta VALUES ('x', 1)",
+            "CREATE TABLE evil (id INTEGER PRIMARY KEY)",
+            "DROP TABLE items",
+            "ALTER TABLE items ADD COLUMN x TEXT",
+            "PRAGMA journal_mode = DELETE",
+            "SELECT patina_seq()",
+        ] {
+            #expect(throws: StatementNotAllowed.self, "\(sql)") { try store.execute(sql) }
+        }
+        #expect(try store.clocks().count == 3)
+        #expect(store.heads()[store.actorID] == 1)
+    }
+
+    @Test func namedAndPositionalParameters() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.write { tx in
+            try tx.execute("INSERT INTO items (id, name) VALUES (?, ?)", [.integer(1), .text("a")])
+            try tx.execute("INSERT INTO items (id, name) VALUES (:id, :name)", .named([":id": .integer(2), "name": .text("b")]))
+        }
+        #expect(try store.rows().map { $0[1] } == [.text("a"), .text("b")])
+        #expect(throws: SQLiteError.self) { try store.execute("INSERT INTO items (id) VALUES (?)", []) }
+        #expect(throws: SQLiteError.self) { try store.execute("INSERT INTO items (id) VALUES (3); INSERT INTO items (id) VALUES (4)") }
+    }
+
+    @Test func listenersHearWhichRowsChanged() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        let events = Locked<[CommitEvent]>([])
+        store.addListener { event in events.withLock { $0.append(event) } }
+        try store.execute("INSERT INTO items (id) VALUES (1), (2)")
+        try store.execute("DELETE FROM items WHERE id = 2")
+        let seen = events.withLock { $0 }
+        #expect(seen.count == 2)
+        #expect(seen[0].rows["items"] == [pk(.integer(1)): .upsert, pk(.integer(2)): .upsert])
+        #expect(seen[1].rows["items"] == [pk(.integer(2)): .delete])
+        #expect(seen[1].source == .local(version: 2))
+    }
+}
+
+/// A tiny lock-protected box for test bookkeeping.
+final class Locked<Value>: @unchecked Sendable {
+    private var value: Value
+    private let lock = NSLock()
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
+    }
+}
+
+import Foundation

@@ -1,0 +1,68 @@
+import Foundation
+import PatinaCore
+@testable import PatinaStore
+import Testing
+
+/// A temporary directory removed when the value is released.
+final class TempDir {
+    let path: String
+    init() {
+        path = NSTemporaryDirectory() + "patina-test-" + UUID().uuidString
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+    func file(_ name: String) -> String { path + "/" + name }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+let itemsSchema = """
+    CREATE TABLE items (id INTEGER NOT NULL PRIMARY KEY, name TEXT, qty INTEGER NOT NULL DEFAULT 0);
+    """
+
+func makeStore(_ dir: TempDir, _ name: String = "a.db", schema: String = itemsSchema) throws -> Store {
+    let store = try Store(path: dir.file(name))
+    try store.applySchema(sql: schema)
+    return store
+}
+
+func pk(_ values: SQLValue...) -> PackedPrimaryKey { PackedPrimaryKey(values) }
+
+/// A hand-made changeset of one complete version.
+func changeset(_ actor: ActorID, _ version: Int64, _ changes: [Change], ts: UInt64 = 1) -> Changeset {
+    var numbered = changes
+    for i in numbered.indices { numbered[i].seq = Int64(i) }
+    let last = Int64(max(0, changes.count - 1))
+    return .changes(actor: actor, version: version, changes: numbered, seqs: 0...last, lastSeq: last,
+                    ts: HybridTimestamp(rawValue: ts))
+}
+
+func cell(_ key: PackedPrimaryKey, _ column: String, _ value: SQLValue,
+          colVersion: Int64 = 1, cl: Int64 = 1, table: String = "items") -> Change {
+    Change(table: table, pk: key, cid: column, val: value, colVersion: colVersion, seq: 0, cl: cl)
+}
+
+func sentinel(_ key: PackedPrimaryKey, cl: Int64, table: String = "items") -> Change {
+    Change(table: table, pk: key, cid: Change.sentinelColumn, val: .null, colVersion: cl, seq: 0, cl: cl)
+}
+
+extension Store {
+    /// Every row of `table`, ordered by primary key.
+    func rows(_ table: String = "items") throws -> [[SQLValue]] {
+        try query("SELECT * FROM \(table) ORDER BY 1, 2")
+    }
+
+    /// The clock table with site ordinals replaced by actor ids, so replicas compare.
+    func clocks(_ table: String = "items") throws -> [[SQLValue]] {
+        try query("""
+            SELECT c.pk, c.cid, c.col_version, CASE WHEN c.site < 0 THEN NULL ELSE s.actor END, c.db_version, c.seq
+            FROM \(table)__patina_clock c LEFT JOIN __patina_sites s ON s.ordinal = c.site
+            ORDER BY c.pk, c.cid
+            """)
+    }
+
+    func sentinelCL(_ key: PackedPrimaryKey, table: String = "items") throws -> Int64? {
+        guard case .integer(let cl) = try query(
+            "SELECT col_version FROM \(table)__patina_clock WHERE pk = ? AND cid = '-1'", [.blob(key.bytes)]).first?.first
+        else { return nil }
+        return cl
+    }
+}
