@@ -32,7 +32,6 @@ final class StoreCore {
         }
         CaptureFunctions.register(on: db.handle, state: capture)
         do {
-            try db.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
             try openOrInitialize()
         } catch let error as StoreOpenError {
             throw error
@@ -69,14 +68,21 @@ final class StoreCore {
                 let actor = ActorID(bytes: bytes)
             else { throw StoreOpenError(path: path, reason: "the node identity is missing or malformed") }
             actorID = actor
+            try configure()
         } else {
             let userObjects = try db.scalar("SELECT count(*) FROM sqlite_master")
             if userObjects != .integer(0) {
                 throw StoreOpenError(path: path, reason: "an existing SQLite database that is not a Patina database; refusing to modify it")
             }
+            try configure()
             try initialize()
         }
         try loadState()
+    }
+
+    /// Only once the file is known to be ours: WAL changes the file header.
+    private func configure() throws {
+        try db.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
     }
 
     private func initialize() throws {

@@ -67,8 +67,15 @@ public struct ActorBookkeeping: Sendable, Equatable {
     /// Partial versions: version → seqs received so far, out of `0...lastSeq`.
     public var partials: [Int64: (seqs: VersionRangeSet, lastSeq: Int64)] = [:]
 
-    public var head: Int64 { applied.max ?? 0 }
-    public var gaps: [ClosedRange<Int64>] { applied.gaps(upTo: head) }
+    /// The highest version known, complete or partial.
+    public var head: Int64 { max(applied.max ?? 0, partials.keys.max() ?? 0) }
+
+    /// Versions up to `head` that are neither applied nor partially received.
+    public var gaps: [ClosedRange<Int64>] {
+        var known = applied
+        for v in partials.keys { known.insert(v) }
+        return known.gaps(upTo: head)
+    }
 
     public static func == (lhs: Self, rhs: Self) -> Bool {
         lhs.applied == rhs.applied && lhs.cleared == rhs.cleared

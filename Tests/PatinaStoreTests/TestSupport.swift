@@ -47,7 +47,7 @@ func sentinel(_ key: PackedPrimaryKey, cl: Int64, table: String = "items") -> Ch
 extension Store {
     /// Every row of `table`, ordered by primary key.
     func rows(_ table: String = "items") throws -> [[SQLValue]] {
-        try query("SELECT * FROM \(table) ORDER BY 1, 2")
+        try query("SELECT * FROM \(table)").sorted { "\($0)" < "\($1)" }
     }
 
     /// The clock table with site ordinals replaced by actor ids, so replicas compare.

@@ -1,0 +1,128 @@
+import Foundation
+import PatinaCore
+@testable import PatinaStore
+import Testing
+
+@Suite struct PersistenceTests {
+    @Test func restartKeepsIdentityDataVersionsAndBookkeeping() throws {
+        let dir = TempDir()
+        let remote = ActorID.random()
+        var actor: ActorID
+        var booksBefore: [ActorID: ActorBookkeeping]
+        do {
+            let store = try makeStore(dir)
+            actor = store.actorID
+            try store.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+            try store.execute("INSERT INTO items (id, name) VALUES (2, 'b')")
+            let key = pk(.integer(9))
+            // Remote: version 1 complete, version 3 partial (gap at 2), version 5 cleared.
+            try store.merge([changeset(remote, 1, [sentinel(key, cl: 1), cell(key, "name", .text("r"))])])
+            let partial = Changeset.changes(actor: remote, version: 3, changes: [Change(table: "items", pk: key, cid: "qty", val: .integer(4), colVersion: 1, seq: 0, cl: 1)],
+                                            seqs: 0...0, lastSeq: 1, ts: HybridTimestamp(rawValue: 7))
+            try store.merge([partial, .cleared(actor: remote, versions: 5...5)])
+            booksBefore = store.bookkeeping()
+            #expect(booksBefore[remote]?.partials[3] != nil)
+            #expect(booksBefore[remote]?.gaps == [2...2, 4...4])
+        }
+        let reopened = try Store(path: dir.file("a.db"))
+        #expect(reopened.actorID == actor)
+        #expect(reopened.bookkeeping() == booksBefore)
+        #expect(try reopened.rows().count == 3)
+        #expect(try reopened.execute("INSERT INTO items (id) VALUES (3)").version == 3)
+        // The buffered half of version 3 survived: its other half completes it.
+        let rest = Changeset.changes(actor: remote, version: 3, changes: [Change(table: "items", pk: pk(.integer(9)), cid: "name", val: .text("z"), colVersion: 2, seq: 1, cl: 1)],
+                                     seqs: 1...1, lastSeq: 1, ts: HybridTimestamp(rawValue: 7))
+        let outcome = try reopened.merge([rest])
+        #expect(outcome.appliedVersions == 1)
+        #expect(try reopened.query("SELECT name, qty FROM items WHERE id = 9") == [[.text("z"), .integer(4)]])
+        #expect(reopened.bookkeeping()[remote]?.partials.isEmpty == true)
+        #expect(reopened.bookkeeping()[remote]?.gaps == [2...2, 4...4])
+        // Served changes after restart: local versions are intact.
+        let served = try reopened.changesets(actor: actor, versions: 1...3)
+        #expect(served.map(\.versions) == [1...1, 2...2, 3...3])
+    }
+}
+
+@Suite struct BadInputTests {
+    let remote = ActorID(bytes: [UInt8](repeating: 0x42, count: 16))!
+
+    @Test func invalidChangesetsAreRejectedAndTheRestOfTheBatchApplies() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        let good = changeset(remote, 1, [cell(pk(.integer(1)), "name", .text("ok"))])
+        let ts = HybridTimestamp(rawValue: 1)
+        let bad: [Changeset] = [
+            changeset(remote, 2, [cell(pk(.integer(2)), "name", .text("x"), table: "nope")]),
+            changeset(remote, 3, [cell(pk(.integer(3)), "nope", .text("x"))]),
+            changeset(remote, 4, [Change(table: "items", pk: PackedPrimaryKey(bytes: [1, 0x11, 0]), cid: "name", val: .null, colVersion: 1, seq: 0, cl: 1)]),
+            changeset(remote, 5, [cell(pk(.integer(1), .integer(2)), "name", .text("two-column key"))]),
+            changeset(remote, 0, [cell(pk(.integer(6)), "name", .text("version 0"))]),
+            .changes(actor: remote, version: 7, changes: [], seqs: 3...9, lastSeq: 5, ts: ts),
+            .changes(actor: remote, version: 8, changes: [cell(pk(.integer(8)), "name", .null)], seqs: 1...2, lastSeq: 2, ts: ts),
+            .cleared(actor: remote, versions: -3...2),
+            changeset(remote, 9, [cell(pk(.integer(9)), "name", .text("x"), cl: 0)]),
+            changeset(remote, 10, [cell(pk(.null), "name", .text("null key"))]),
+        ]
+        let outcome = try store.merge(bad + [good])
+        #expect(outcome.rejections.map(\.index) == Array(0..<bad.count))
+        #expect(outcome.appliedVersions == 1)
+        for r in outcome.rejections { #expect(!r.reason.isEmpty) }
+        #expect(outcome.rejections[0].reason.contains("unknown table nope"))
+        #expect(outcome.rejections[1].reason.contains("unknown column items.nope"))
+        #expect(outcome.rejections[2].reason.contains("malformed primary key"))
+        #expect(try store.rows() == [[.integer(1), .text("ok"), .integer(0)]])
+        #expect(store.bookkeeping()[remote]?.applied == VersionRangeSet([1...1]))
+    }
+
+    @Test func aConstraintViolationRollsBackOnlyThatChangeset() throws {
+        let dir = TempDir()
+        let schema = "CREATE TABLE c (id INTEGER NOT NULL PRIMARY KEY, n INTEGER CHECK (n >= 0));"
+        let store = try makeStore(dir, schema: schema)
+        let outcome = try store.merge([
+            changeset(remote, 1, [sentinel(pk(.integer(1)), cl: 1, table: "c"), cell(pk(.integer(1)), "n", .integer(-5), table: "c")]),
+            changeset(remote, 2, [cell(pk(.integer(2)), "n", .integer(5), table: "c")]),
+        ])
+        #expect(outcome.rejections.map(\.index) == [0])
+        #expect(outcome.rejections.first?.reason.contains("CHECK") == true)
+        #expect(try store.rows("c") == [[.integer(2), .integer(5)]])
+        #expect(try store.clocks("c").count == 2)
+        #expect(store.bookkeeping()[remote]?.applied == VersionRangeSet([2...2]))
+        #expect(store.bookkeeping()[remote]?.gaps == [1...1])
+    }
+
+    @Test func aFileThatIsNotAPatinaDatabaseIsRefusedUntouched() throws {
+        let dir = TempDir()
+        let text = dir.file("notes.txt")
+        try "hello, I am not a database".write(toFile: text, atomically: true, encoding: .utf8)
+        #expect(throws: StoreOpenError.self) { try Store(path: text) }
+        #expect(try String(contentsOfFile: text, encoding: .utf8) == "hello, I am not a database")
+
+        let plain = dir.file("plain.db")
+        let db = try SQLiteConnection(path: plain)
+        try db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY); INSERT INTO users VALUES (1);")
+        let before = try Data(contentsOf: URL(fileURLWithPath: plain))
+        do {
+            _ = try Store(path: plain)
+            Issue.record("opened a foreign database")
+        } catch let error as StoreOpenError {
+            #expect(error.description.contains("not a Patina database"))
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: plain)) == before)
+    }
+
+    @Test func aCorruptDatabaseIsReportedAtOpen() throws {
+        let dir = TempDir()
+        do {
+            let store = try makeStore(dir)
+            for i in 0..<300 { try store.execute("INSERT INTO items (id, name) VALUES (?, ?)", [.integer(Int64(i)), .text(String(repeating: "x", count: 200))]) }
+        }
+        // Checkpoint the WAL into the main file, then scribble over pages after the first.
+        let db = try SQLiteConnection(path: dir.file("a.db"))
+        try db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        let handle = FileHandle(forUpdatingAtPath: dir.file("a.db"))!
+        handle.seek(toFileOffset: 4096 * 2)
+        handle.write(Data((0..<(4096 * 4)).map { UInt8(truncatingIfNeeded: $0 &* 31) }))
+        try handle.close()
+        #expect(throws: StoreOpenError.self) { try Store(path: dir.file("a.db")) }
+    }
+}
