@@ -1,1 +1,0 @@
-// Certificate tooling (OpenSSL libcrypto): see certs/README.md.
