@@ -50,7 +50,16 @@ extension StoreCore {
     static let maxChangesPerChangeset = 1000
 
     func prepareUserStatement(_ sql: String, _ parameters: StatementParameters) throws -> SQLiteStatement {
-        let stmt = try runUser { try db.prepareSingle(sql) }
+        let stmt: SQLiteStatement
+        if let cached = userStatements[sql] {
+            stmt = cached
+            stmt.reset()
+        } else {
+            stmt = try runUser { try db.prepareSingle(sql) }
+            // Clients repeat the same statements with new parameters; keep a bounded few.
+            if userStatements.count >= 128 { userStatements.removeAll(keepingCapacity: true) }
+            userStatements[sql] = stmt
+        }
         switch parameters {
         case .none:
             break

@@ -20,6 +20,8 @@ final class StoreCore {
     var listeners: [Int: @Sendable (CommitEvent) -> Void] = [:]
     var nextListenerID = 0
     var tableStatements: [String: TableStatements] = [:]
+    /// Prepared user statements, by SQL text (see prepareUserStatement).
+    var userStatements: [String: SQLiteStatement] = [:]
     var now: () -> UInt64 = { UInt64(Date().timeIntervalSince1970 * 1000) }
 
     init(path: String) throws {
@@ -142,6 +144,7 @@ final class StoreCore {
     func loadTables() throws {
         tables = [:]
         tableStatements = [:]
+        userStatements = [:]
         db.clearStatementCache()
         let names = try db.query(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '%__patina%' AND name NOT LIKE 'sqlite_%'")
