@@ -104,52 +104,68 @@ public func issueNodeCertificate(
     caCertPEM: String,
     caKeyPEM: String
 ) throws(CertificateError) -> PEMPair {
-    try CertificateAuthority.checkCommonName(name)
-    guard !ipAddresses.isEmpty || !dnsNames.isEmpty else {
-        throw CertificateError(.missingSubjectAltName, "a node certificate needs at least one IP address or DNS name (the addresses and names peers dial)")
-    }
-    var altNames: [String] = []
-    for ip in ipAddresses {
-        guard let bytes = IPAddress.parse(ip) else {
-            throw CertificateError(.invalidArgument, "'\(ip)' is not an IPv4 or IPv6 address")
-        }
-        altNames.append("IP:" + IPAddress.format(bytes))
-    }
-    for dns in dnsNames {
-        guard isValidDNSName(dns) else {
-            throw CertificateError(.invalidArgument, "'\(dns)' is not a DNS name (letters, digits, '-' and '.', optionally a leading '*.')")
-        }
-        altNames.append("DNS:" + dns)
-    }
-    let (start, end) = try CertificateAuthority.validity(days: days, notBefore: notBefore, notAfter: notAfter)
+    try CertificateAuthority.issue(
+        name: name, ipAddresses: ipAddresses, dnsNames: dnsNames, days: days, notBefore: notBefore, notAfter: notAfter,
+        caCertPEM: caCertPEM, caKeyPEM: caKeyPEM, caCertLabel: nil, caKeyLabel: nil)
+}
 
-    guard let caCertificate = try OpenSSL.certificates(fromPEM: caCertPEM).first else {
-        throw CertificateError(.malformedPEM, "the CA certificate is not a PEM certificate")
-    }
-    guard let caKey = try OpenSSL.privateKey(fromPEM: caKeyPEM) else {
-        throw CertificateError(.malformedPEM, "the CA private key is not an unencrypted PEM private key")
-    }
-    guard OpenSSL.isCertificateAuthority(caCertificate) else {
-        throw CertificateError(.notACertificateAuthority, "certificate '\(OpenSSL.subject(caCertificate))' is not a CA (basicConstraints CA:TRUE missing)")
-    }
-    guard OpenSSL.keyMatches(caKey, caCertificate) else {
-        throw CertificateError(.keyMismatch, "the CA private key does not belong to the CA certificate")
-    }
+extension CertificateAuthority {
+    /// `issueNodeCertificate`, with errors about the CA naming the CA's files.
+    static func issue(
+        name: String, ipAddresses: [String], dnsNames: [String], days: Int, notBefore: Date?, notAfter: Date?,
+        caCertPEM: String, caKeyPEM: String, caCertLabel: String?, caKeyLabel: String?
+    ) throws(CertificateError) -> PEMPair {
+        try CertificateAuthority.checkCommonName(name)
+        guard !ipAddresses.isEmpty || !dnsNames.isEmpty else {
+            throw CertificateError(.missingSubjectAltName, "a node certificate needs at least one IP address or DNS name (the addresses and names peers dial)")
+        }
+        var altNames: [String] = []
+        for ip in ipAddresses {
+            guard let bytes = IPAddress.parse(ip) else {
+                throw CertificateError(.invalidArgument, "'\(ip)' is not an IPv4 or IPv6 address")
+            }
+            altNames.append("IP:" + IPAddress.format(bytes))
+        }
+        for dns in dnsNames {
+            guard isValidDNSName(dns) else {
+                throw CertificateError(.invalidArgument, "'\(dns)' is not a DNS name (letters, digits, '-' and '.', optionally a leading '*.')")
+            }
+            altNames.append("DNS:" + dns)
+        }
+        let (start, end) = try CertificateAuthority.validity(days: days, notBefore: notBefore, notAfter: notAfter)
 
-    let key = try OpenSSL.generateP256Key()
-    let certificate = try OpenSSL.makeCertificate(
-        commonName: name, publicKey: key, notBefore: start, notAfter: end,
-        issuer: caCertificate, signingKey: caKey,
-        extensions: [
-            .init(nid: NID_basic_constraints, value: "critical,CA:FALSE"),
-            .init(nid: NID_key_usage, value: "critical,digitalSignature"),
-            .init(nid: NID_ext_key_usage, value: "serverAuth,clientAuth"),
-            .init(nid: NID_subject_key_identifier, value: "hash"),
-            .init(nid: NID_authority_key_identifier, value: "keyid:always"),
-            // Validated above, so no comma or colon can smuggle in another entry.
-            .init(nid: NID_subject_alt_name, value: altNames.joined(separator: ",")),
-        ])
-    return PEMPair(certificatePEM: try OpenSSL.pem(of: certificate), privateKeyPEM: try OpenSSL.pem(of: key))
+        guard let caCertificate = try OpenSSL.certificates(fromPEM: caCertPEM).first else {
+            throw CertificateError(.malformedPEM, path: caCertLabel, "the CA certificate: " + noCertificateDetail(caCertPEM))
+        }
+        guard let caKey = try OpenSSL.privateKey(fromPEM: caKeyPEM) else {
+            throw CertificateError(.malformedPEM, path: caKeyLabel, "the CA private key is not an unencrypted PEM private key")
+        }
+        guard OpenSSL.isCertificateAuthority(caCertificate) else {
+            throw CertificateError(
+                .notACertificateAuthority, path: caCertLabel,
+                "certificate '\(OpenSSL.subject(caCertificate))' is not a CA (basicConstraints CA:TRUE missing)")
+        }
+        guard OpenSSL.keyMatches(caKey, caCertificate) else {
+            throw CertificateError(
+                .keyMismatch, path: caKeyLabel,
+                "the CA private key does not belong to the CA certificate\(caCertLabel.map { " in " + $0 } ?? "")")
+        }
+
+        let key = try OpenSSL.generateP256Key()
+        let certificate = try OpenSSL.makeCertificate(
+            commonName: name, publicKey: key, notBefore: start, notAfter: end,
+            issuer: caCertificate, signingKey: caKey,
+            extensions: [
+                .init(nid: NID_basic_constraints, value: "critical,CA:FALSE"),
+                .init(nid: NID_key_usage, value: "critical,digitalSignature"),
+                .init(nid: NID_ext_key_usage, value: "serverAuth,clientAuth"),
+                .init(nid: NID_subject_key_identifier, value: "hash"),
+                .init(nid: NID_authority_key_identifier, value: "keyid:always"),
+                // Validated above, so no comma or colon can smuggle in another entry.
+                .init(nid: NID_subject_alt_name, value: altNames.joined(separator: ",")),
+            ])
+        return PEMPair(certificatePEM: try OpenSSL.pem(of: certificate), privateKeyPEM: try OpenSSL.pem(of: key))
+    }
 }
 
 /// Letters, digits and hyphens in dot-separated labels of 1...63 bytes, at most

@@ -68,9 +68,4 @@ public struct CertificateError: Error, Sendable, Equatable, CustomStringConverti
         if let path { return "\(path): \(detail)" }
         return detail
     }
-
-    /// The same error, naming `path` if it named no file yet.
-    func naming(_ path: String) -> CertificateError {
-        self.path == nil ? CertificateError(code, path: path, detail) : self
-    }
 }

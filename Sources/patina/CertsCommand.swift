@@ -30,15 +30,13 @@ struct CertsCA: AsyncParsableCommand {
     var commonName = CertificateAuthority.defaultCommonName
 
     func run() async throws {
-        let certFile = path(dir, "ca.pem")
-        let keyFile = path(dir, "ca.key")
-        try makeDirectory(dir)
-        let pair = try CertificateAuthority.create(commonName: commonName, days: days)
-        try write(pair, certificateFile: certFile, privateKeyFile: keyFile, force: force)
-        let summary = try inspect(certPEM: pair.certificatePEM)
-        print("Wrote \(certFile) (CA certificate, mode 0644) and \(keyFile) (private key, mode 0600).")
+        let directory = CertificateDirectory(dir)
+        let summary = try withForceHint { () throws(CertificateError) in
+            try directory.createAuthority(commonName: commonName, days: days, force: force)
+        }
+        print("Wrote \(directory.caCertificateFile) (CA certificate, mode 0644) and \(directory.caKeyFile) (private key, mode 0600).")
         print(render(summary, file: nil), terminator: "")
-        print("Keep \(keyFile) offline or on one admin host; copy only \(certFile) to the nodes.")
+        print("Keep \(directory.caKeyFile) offline or on one admin host; copy only \(directory.caCertificateFile) to the nodes.")
     }
 }
 
@@ -78,58 +76,39 @@ struct CertsNode: AsyncParsableCommand {
         guard !ipAddresses.isEmpty || !dnsNames.isEmpty else {
             throw ValidationError("Give at least one --ip or --dns: the addresses and names peers use to reach this node.")
         }
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-        guard !name.isEmpty, name.count <= 64, !name.hasPrefix("."), name.allSatisfy(allowed.contains) else {
-            throw ValidationError("Node name '\(name)' must be 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'.")
-        }
-        guard name != "ca" else { throw ValidationError("'ca' is the CA's file name; choose another node name.") }
-    }
-
-    /// Issues the certificate; problems with the CA pair name the CA file at fault.
-    private func issue(caCertPEM: String, caKeyPEM: String, caCertFile: String, caKeyFile: String) throws -> PEMPair {
-        do {
-            return try issueNodeCertificate(
-                name: name, ipAddresses: ipAddresses, dnsNames: dnsNames, days: days,
-                caCertPEM: caCertPEM, caKeyPEM: caKeyPEM)
+        do throws(CertificateError) {
+            try CertificateDirectory.checkNodeName(name)
         } catch {
-            switch error.code {
-            case .notACertificateAuthority:
-                throw CertificateError(error.code, path: caCertFile, error.detail)
-            case .malformedPEM, .keyMismatch:
-                throw CertificateError(error.code, path: error.detail.contains("certificate is not") ? caCertFile : caKeyFile, error.detail)
-            default:
-                throw error
-            }
+            throw ValidationError(error.detail)
         }
     }
 
     func run() async throws {
-        let caDirectory = caDir ?? dir
-        let caCertFile = path(caDirectory, "ca.pem")
-        let caKeyFile = path(caDirectory, "ca.key")
-        let certFile = path(dir, name + ".pem")
-        let keyFile = path(dir, name + ".key")
-        let caCert: String
-        let caKey: String
-        do {
-            caCert = try PEMFile.read(caCertFile).text
-            caKey = try PEMFile.read(caKeyFile).text
-        } catch {
-            guard error.code == .unreadableFile else { throw error }
-            throw CertificateError(
-                error.code, path: error.path,
-                error.detail + " (create the CA first with `patina certs ca --dir \(caDirectory)`, or pass --ca-dir)")
+        let directory = CertificateDirectory(dir)
+        let caDirectory = CertificateDirectory(caDir ?? dir)
+        let summary = try withForceHint { () throws(CertificateError) in
+            do throws(CertificateError) {
+                return try directory.issueNode(
+                    name: name, ipAddresses: ipAddresses, dnsNames: dnsNames, days: days, force: force,
+                    caDirectory: caDirectory)
+            } catch {
+                guard error.code == .unreadableFile,
+                      error.path == caDirectory.caCertificateFile || error.path == caDirectory.caKeyFile
+                else { throw error }
+                throw CertificateError(
+                    error.code, path: error.path,
+                    error.detail + " (create the CA first with `patina certs ca --dir \(caDirectory.path)`, or pass --ca-dir)")
+            }
         }
-        let pair = try issue(caCertPEM: caCert, caKeyPEM: caKey, caCertFile: caCertFile, caKeyFile: caKeyFile)
-        try makeDirectory(dir)
-        try write(pair, certificateFile: certFile, privateKeyFile: keyFile, force: force)
-        let summary = try inspect(certPEM: pair.certificatePEM)
-        print("Wrote \(certFile) (certificate, mode 0644) and \(keyFile) (private key, mode 0600), signed by \(caCertFile).")
+        let certFile = directory.certificateFile(node: name)
+        let keyFile = directory.keyFile(node: name)
+        print("Wrote \(certFile) (certificate, mode 0644) and \(keyFile) (private key, mode 0600), signed by \(caDirectory.caCertificateFile).")
         print(render(summary, file: nil), terminator: "")
-        if let ca = try? inspect(certPEM: caCert), ca.notAfter < summary.notAfter {
+        if let caText = try? PEMFile.read(caDirectory.caCertificateFile).text, let ca = try? inspect(certPEM: caText),
+           ca.notAfter < summary.notAfter {
             print("warning: this certificate outlives the CA, which expires on \(formatUTC(ca.notAfter)); it stops working then.")
         }
-        print("On the node, set [gossip.tls] cert_file = \"\(certFile)\", key_file = \"\(keyFile)\", ca_file = \"\(caCertFile)\".")
+        print("On the node, set [gossip.tls] cert_file = \"\(certFile)\", key_file = \"\(keyFile)\", ca_file = \"\(caDirectory.caCertificateFile)\".")
     }
 }
 
@@ -180,30 +159,10 @@ struct CertsCheck: AsyncParsableCommand {
 
 // MARK: Helpers
 
-private func path(_ directory: String, _ file: String) -> String {
-    directory.hasSuffix("/") ? directory + file : directory + "/" + file
-}
-
-/// Creates `directory` (and parents) with mode 0700 if it does not exist.
-private func makeDirectory(_ directory: String) throws {
-    var isDirectory: ObjCBool = false
-    if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
-        guard isDirectory.boolValue else {
-            throw CertificateError(.writeFailed, path: directory, "exists and is not a directory")
-        }
-        return
-    }
+/// Adds the command-line way out to "already exists" errors.
+private func withForceHint<T>(_ body: () throws(CertificateError) -> T) throws(CertificateError) -> T {
     do {
-        try FileManager.default.createDirectory(
-            atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-    } catch {
-        throw CertificateError(.writeFailed, path: directory, "cannot create the directory: \(error.localizedDescription)")
-    }
-}
-
-private func write(_ pair: PEMPair, certificateFile: String, privateKeyFile: String, force: Bool) throws {
-    do {
-        try pair.write(certificateFile: certificateFile, privateKeyFile: privateKeyFile, overwrite: force)
+        return try body()
     } catch {
         guard error.code == .fileExists else { throw error }
         throw CertificateError(error.code, path: error.path, error.detail + " (pass --force to replace it)")

@@ -340,6 +340,56 @@ struct Fixture {
         }?.code == .keyMismatch)
     }
 
+    /// The code path of `patina certs ca` and `patina certs node`.
+    @Test func directoryLayoutRefusesToOverwriteWithoutForce() throws {
+        let temp = try TemporaryDirectory()
+        defer { temp.remove() }
+        let directory = CertificateDirectory(temp.file("cluster/certs"))
+        let ca = try directory.createAuthority()
+        #expect(ca.isCertificateAuthority)
+        #expect(mode(of: directory.path) == 0o700)
+        #expect(mode(of: directory.caKeyFile) == 0o600)
+        #expect(mode(of: directory.caCertificateFile) == 0o644)
+        let caKey = try String(contentsOfFile: directory.caKeyFile, encoding: .utf8)
+
+        let again = expectCertificateError { try directory.createAuthority() }
+        #expect(again?.code == .fileExists)
+        #expect(again?.path == directory.caCertificateFile)
+        #expect(again?.description == "\(directory.caCertificateFile): already exists; refusing to overwrite it")
+        #expect(try String(contentsOfFile: directory.caKeyFile, encoding: .utf8) == caKey)
+
+        let node = try directory.issueNode(name: "n1", ipAddresses: ["127.0.0.1"], dnsNames: ["localhost"])
+        #expect(node.ipAddresses == ["127.0.0.1"])
+        #expect(mode(of: directory.keyFile(node: "n1")) == 0o600)
+        try CertificateCheck.validateNodeIdentity(
+            certFile: directory.certificateFile(node: "n1"), keyFile: directory.keyFile(node: "n1"), caFile: directory.caCertificateFile)
+        #expect(expectCertificateError { try directory.issueNode(name: "n1", ipAddresses: ["127.0.0.1"]) }?.code == .fileExists)
+        #expect(expectCertificateError { try directory.issueNode(name: "../n1", ipAddresses: ["127.0.0.1"]) }?.code == .invalidArgument)
+        #expect(expectCertificateError { try directory.issueNode(name: "ca", ipAddresses: ["127.0.0.1"]) }?.code == .invalidArgument)
+
+        // --force replaces the CA; the old node certificate no longer chains to it.
+        try directory.createAuthority(force: true)
+        #expect(try String(contentsOfFile: directory.caKeyFile, encoding: .utf8) != caKey)
+        #expect(expectCertificateError {
+            try CertificateCheck.validateNodeIdentity(
+                certFile: directory.certificateFile(node: "n1"), keyFile: directory.keyFile(node: "n1"), caFile: directory.caCertificateFile)
+        }?.code == .untrustedIssuer)
+
+        // Problems with the CA name the CA's file.
+        let elsewhere = CertificateDirectory(temp.file("other"))
+        let missing = expectCertificateError { try elsewhere.issueNode(name: "n2", ipAddresses: ["127.0.0.1"]) }
+        #expect(missing?.code == .unreadableFile)
+        #expect(missing?.path == elsewhere.caCertificateFile)
+        let swapped = CertificateDirectory(temp.file("swapped"))
+        try swapped.createAuthority()
+        try PEMFile.write(
+            try String(contentsOfFile: directory.certificateFile(node: "n1"), encoding: .utf8), to: swapped.caCertificateFile,
+            mode: PEMFile.certificateMode, overwrite: true)
+        let notCA = expectCertificateError { try swapped.issueNode(name: "n2", ipAddresses: ["127.0.0.1"]) }
+        #expect(notCA?.code == .notACertificateAuthority)
+        #expect(notCA?.path == swapped.caCertificateFile)
+    }
+
     @Test func descriptionsNeverContainKeyMaterial() throws {
         let ca = try CertificateAuthority.create()
         #expect(!"\(ca)".contains("PRIVATE KEY"))
