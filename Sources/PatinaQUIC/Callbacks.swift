@@ -1,0 +1,110 @@
+import CPatinaShims
+import CQuic
+
+// The ngtcp2 application callbacks, all in one place. ngtcp2 calls them on the loop thread
+// from inside read_pkt / writev_stream / handle_expiry; `user_data` is the ConnectionCore
+// (unretained: the endpoint's tables keep it alive while its ngtcp2_conn exists).
+
+private func core(_ user: UnsafeMutableRawPointer?) -> ConnectionCore {
+    ConnectionCore.from(user!)
+}
+
+extension ConnectionCore {
+    func installCallbacks(_ cb: inout ngtcp2_callbacks) {
+        cb.handshake_completed = { _, user in
+            core(user).handshakeCompleted()
+            return 0
+        }
+        cb.handshake_confirmed = { _, user in
+            core(user).handshakeConfirmed()
+            return 0
+        }
+        cb.recv_stream_data = { conn, flags, streamID, _, data, length, user, _ in
+            let c = core(user)
+            guard let stream = c.streams[streamID] else {
+                // Data for a stream the application released: return its credit at once.
+                ngtcp2_conn_extend_max_offset(conn, UInt64(length))
+                return 0
+            }
+            let fin = flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0
+            let handed = stream.shared.deliver(data, length, fin: fin)
+            if handed > 0 {
+                _ = ngtcp2_conn_extend_max_stream_offset(conn, streamID, handed)
+                ngtcp2_conn_extend_max_offset(conn, handed)
+            }
+            return 0
+        }
+        cb.acked_stream_data_offset = { _, streamID, offset, length, user, _ in
+            core(user).streams[streamID]?.acked(offset: offset, length: length)
+            return 0
+        }
+        cb.stream_open = { _, streamID, user in
+            core(user).remoteStreamOpened(streamID)
+            return 0
+        }
+        cb.stream_close = { _, flags, streamID, appErrorCode, user, _ in
+            let c = core(user)
+            if let stream = c.streams.removeValue(forKey: streamID) {
+                let hasCode = flags & UInt32(NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET) != 0
+                stream.closed(appErrorCode: hasCode ? appErrorCode : 0, normally: !hasCode)
+            }
+            c.checkDrained()
+            return 0
+        }
+        cb.stream_reset = { _, streamID, _, appErrorCode, user, _ in
+            core(user).streams[streamID]?.shared.fail(
+                QUICError(.streamReset, "peer reset stream \(streamID)", errorCode: appErrorCode))
+            return 0
+        }
+        cb.stream_stop_sending = { conn, streamID, appErrorCode, user, _ in
+            core(user).streams[streamID]?.failSend(
+                QUICError(.streamReset, "peer stopped reading stream \(streamID)", errorCode: appErrorCode))
+            _ = ngtcp2_conn_shutdown_stream_write(conn, streamID, appErrorCode)
+            return 0
+        }
+        cb.extend_max_stream_data = { _, streamID, _, user, _ in
+            let c = core(user)
+            if let stream = c.streams[streamID], stream.blocked {
+                stream.blocked = false
+                c.enqueue(stream)
+                c.endpoint.markDirty(c)
+            }
+            return 0
+        }
+        cb.extend_max_local_streams_bidi = { _, _, user in
+            core(user).streamCreditArrived(bidirectional: true)
+            return 0
+        }
+        cb.extend_max_local_streams_uni = { _, _, user in
+            core(user).streamCreditArrived(bidirectional: false)
+            return 0
+        }
+        cb.recv_datagram = { _, _, data, length, user in
+            let c = core(user)
+            if let data {
+                c.events.datagrams.yield([UInt8](UnsafeBufferPointer(start: data, count: length)))
+            }
+            return 0
+        }
+        cb.lost_datagram = { _, _, user in
+            core(user).datagramsLost += 1
+            return 0
+        }
+        cb.rand = { dest, length, _ in
+            if let dest { randomBytes(dest, length) }
+        }
+        cb.get_new_connection_id = { _, cid, token, length, user in
+            guard let cid, let token else { return NGTCP2_ERR_CALLBACK_FAILURE }
+            let c = core(user)
+            cid.pointee = makeRandomCID(length: length)
+            // Stateless reset is not used by Patina: a random token never matches.
+            randomBytes(token, Int(NGTCP2_STATELESS_RESET_TOKENLEN))
+            c.endpoint.route(cid.pointee, to: c)
+            return 0
+        }
+        cb.remove_connection_id = { _, cid, user in
+            if let cid { core(user).endpoint.unroute(cid.pointee) }
+            return 0
+        }
+    }
+}

@@ -1,0 +1,42 @@
+import Synchronization
+
+/// What a connection reports to the application: incoming streams, datagrams, and its end.
+final class ConnectionEvents: Sendable {
+    let streams: AsyncStream<QUICStream>.Continuation
+    let streamSequence: AsyncStream<QUICStream>
+    let datagrams: AsyncStream<[UInt8]>.Continuation
+    let datagramSequence: AsyncStream<[UInt8]>
+    private let ended = Mutex<(error: QUICError?, done: Bool, waiters: [CheckedContinuation<QUICError, Never>])>((nil, false, []))
+
+    init(datagramBuffer: Int) {
+        (streamSequence, streams) = AsyncStream.makeStream(of: QUICStream.self)
+        (datagramSequence, datagrams) = AsyncStream.makeStream(
+            of: [UInt8].self, bufferingPolicy: .bufferingNewest(max(1, datagramBuffer)))
+    }
+
+    func finish(_ error: QUICError) {
+        streams.finish()
+        datagrams.finish()
+        let waiters = ended.withLock { e in
+            e.error = error
+            e.done = true
+            let list = e.waiters
+            e.waiters = []
+            return list
+        }
+        for w in waiters { w.resume(returning: error) }
+    }
+
+    var closeError: QUICError? { ended.withLock { $0.error } }
+
+    func waitClosed() async -> QUICError {
+        await withCheckedContinuation { (c: CheckedContinuation<QUICError, Never>) in
+            let error: QUICError? = ended.withLock { e in
+                if e.done { return e.error }
+                e.waiters.append(c)
+                return nil
+            }
+            if let error { c.resume(returning: error) }
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// The QUIC transport (ngtcp2 + GnuTLS): see ../shared/DESIGN.md.

@@ -1,0 +1,137 @@
+import CPatinaShims
+import CQuic
+
+/// An established QUIC connection with a verified peer.
+///
+/// Releasing the last reference closes the connection (error code 0).
+public final class QUICConnection: Sendable {
+    let core: ConnectionCore
+    /// The peer's address.
+    public let remoteAddress: QUICSocketAddress
+
+    init(core: ConnectionCore) {
+        self.core = core
+        self.remoteAddress = core.remote.address
+    }
+
+    deinit {
+        let core = self.core
+        core.endpoint.submit { if core.state == .established { core.closeLocally(errorCode: 0, reason: "") } }
+    }
+
+    private var endpoint: EndpointCore { core.endpoint }
+
+    /// Streams the peer opens, in order of their first frame.
+    public var incomingStreams: AsyncStream<QUICStream> { core.events.streamSequence }
+
+    /// DATAGRAM frames from the peer (RFC 9221). Unreliable: when the reader lags, the
+    /// oldest are dropped beyond `QUICEndpointConfig.datagramReceiveBuffer`.
+    public var incomingDatagrams: AsyncStream<[UInt8]> { core.events.datagramSequence }
+
+    /// Opens a bidirectional stream; suspends while the peer's stream limit is reached.
+    public func openBiStream() async throws -> QUICStream { try await open(bidirectional: true) }
+
+    /// Opens a unidirectional (send-only) stream; suspends while the peer's stream limit is reached.
+    public func openUniStream() async throws -> QUICStream { try await open(bidirectional: false) }
+
+    private func open(bidirectional: Bool) async throws -> QUICStream {
+        let core = self.core
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<QUICStream, any Error>) in
+            if !core.endpoint.submit({ core.openStream(bidirectional: bidirectional, c) }) {
+                c.resume(throwing: QUICError(.endpointClosed, ""))
+            }
+        }
+    }
+
+    /// Sends one datagram. Suspends while the send queue is full; throws when the payload is
+    /// larger than `maxDatagramPayloadSize` or the peer does not accept datagrams.
+    public func sendDatagram(_ bytes: [UInt8]) async throws {
+        let core = self.core
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            let ok = core.endpoint.submit {
+                guard core.state == .established else {
+                    c.resume(throwing: core.closeError ?? QUICError(.closedLocally, ""))
+                    return
+                }
+                guard let max = core.maxDatagramPayload() else {
+                    c.resume(throwing: QUICError(.datagramsUnsupported, ""))
+                    return
+                }
+                if bytes.count > max {
+                    c.resume(throwing: QUICError(.datagramTooLarge, "\(bytes.count) > \(max) bytes"))
+                    return
+                }
+                core.datagrams.append(bytes)
+                core.endpoint.markDirty(core)
+                if core.datagrams.count <= core.endpoint.config.datagramSendQueue {
+                    c.resume()
+                } else {
+                    core.datagramWaiters.append(c)
+                }
+            }
+            if !ok { c.resume(throwing: QUICError(.endpointClosed, "")) }
+        }
+    }
+
+    /// The largest payload `sendDatagram` accepts on this connection, or nil if the peer takes none.
+    public func maxDatagramPayloadSize() async -> Int? {
+        await onLoop { $0.maxDatagramPayload() } ?? nil
+    }
+
+    /// RTT estimates and counters (ngtcp2_conn_get_conn_stat plus the endpoint's counts).
+    public func stats() async -> QUICConnectionStats? {
+        await onLoop { $0.stats() }
+    }
+
+    /// Closes the connection with an application error code (RFC 9000 §10.2). With `drain`,
+    /// first waits (up to `drainTimeout`) until the peer has acknowledged every byte written.
+    public func close(errorCode: UInt64 = 0, reason: String = "", drain: Bool = true,
+                      drainTimeout: Duration = .seconds(5)) async {
+        let core = self.core
+        if drain {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                        let ok = core.endpoint.submit {
+                            guard core.state == .established else { return c.resume() }
+                            core.drainWaiters.append(c)
+                            core.checkDrained()
+                        }
+                        if !ok { c.resume() }
+                    }
+                }
+                group.addTask {
+                    try? await Task.sleep(for: drainTimeout)
+                    // Give up waiting: release the drain waiter, if any is still parked.
+                    core.endpoint.submit {
+                        let waiters = core.drainWaiters
+                        core.drainWaiters.removeAll()
+                        for w in waiters { w.resume() }
+                    }
+                }
+                await group.next()
+                group.cancelAll()
+            }
+        }
+        core.endpoint.submit {
+            if core.state == .established || core.state == .handshaking {
+                core.closeLocally(errorCode: errorCode, reason: reason)
+            }
+        }
+        _ = await core.events.waitClosed()
+    }
+
+    /// Waits until the connection ends and returns why (closed by either side, idle timeout…).
+    public func waitClosed() async -> QUICError { await core.events.waitClosed() }
+
+    /// Non-nil once the connection has ended.
+    public var closeError: QUICError? { core.events.closeError }
+    public var isClosed: Bool { closeError != nil }
+
+    func onLoop<T: Sendable>(_ body: @escaping @Sendable (ConnectionCore) -> T) async -> T? {
+        let core = self.core
+        return await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
+            if !core.endpoint.submit({ c.resume(returning: body(core)) }) { c.resume(returning: nil) }
+        }
+    }
+}

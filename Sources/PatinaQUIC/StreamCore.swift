@@ -1,0 +1,207 @@
+import CPatinaShims
+import CQuic
+import Glibc
+import Synchronization
+
+/// One stream as the loop sees it. The send side lives here (loop thread only); the
+/// receive side lives in `shared`, so a reader takes buffered bytes without a trip
+/// through the loop.
+///
+/// `@unchecked Sendable`: the send-side properties are confined to the loop thread.
+final class StreamCore: @unchecked Sendable {
+    /// Bytes handed to ngtcp2 MUST stay valid until acknowledged, so each write is copied
+    /// once into memory that the stream frees when the ACK arrives.
+    struct Chunk {
+        let base: UnsafeMutablePointer<UInt8>
+        let offset: UInt64
+        let count: Int
+        var end: UInt64 { offset + UInt64(count) }
+    }
+
+    let id: Int64
+    unowned let connection: ConnectionCore
+    let shared: StreamShared
+    let canSend: Bool
+    let canReceive: Bool
+
+    private var chunks: [Chunk] = []
+    private var head = 0
+    var queuedOffset: UInt64 = 0
+    var writtenOffset: UInt64 = 0
+    var ackedOffset: UInt64 = 0
+    var finQueued = false
+    var finWritten = false
+    var finAcked = false
+    var inSendQueue = false
+    var blocked = false
+    var sendError: QUICError?
+    /// Writers suspended until `ackedOffset` reaches their threshold.
+    private var writers: [(threshold: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+
+    init(id: Int64, connection: ConnectionCore, local: Bool, bidirectional: Bool) {
+        self.id = id
+        self.connection = connection
+        self.shared = StreamShared()
+        canSend = bidirectional || local
+        canReceive = bidirectional || !local
+        if !canReceive { shared.state.withLock { $0.fin = true } }
+    }
+
+    deinit {
+        for chunk in chunks[head...] { chunk.base.deallocate() }
+    }
+
+    var isWriteDone: Bool { writtenOffset == queuedOffset && (!finQueued || finWritten) }
+    var isSendSettled: Bool { !canSend || sendError != nil || (ackedOffset == queuedOffset && (!finQueued || finAcked || finWritten)) }
+
+    // MARK: Send side (loop thread)
+
+    func write(_ bytes: [UInt8], fin: Bool, limit: Int, _ continuation: CheckedContinuation<Void, any Error>) {
+        if let sendError {
+            continuation.resume(throwing: sendError)
+            return
+        }
+        guard canSend, !finQueued else {
+            continuation.resume(throwing: QUICError(.protocolViolation, "stream \(id) is not writable"))
+            return
+        }
+        if !bytes.isEmpty {
+            let base = UnsafeMutablePointer<UInt8>.allocate(capacity: bytes.count)
+            bytes.withUnsafeBufferPointer { base.update(from: $0.baseAddress!, count: bytes.count) }
+            chunks.append(Chunk(base: base, offset: queuedOffset, count: bytes.count))
+            queuedOffset += UInt64(bytes.count)
+        }
+        if fin { finQueued = true }
+        connection.enqueue(self)
+        connection.endpoint.markDirty(connection)
+        if queuedOffset - ackedOffset <= UInt64(limit) {
+            continuation.resume()
+        } else {
+            writers.append((queuedOffset - UInt64(limit), continuation))
+        }
+    }
+
+    /// Up to `vecs.count` pieces of unsent data; `coversAll` when they reach the end of what is queued.
+    func fillVecs(_ vecs: inout [ngtcp2_vec]) -> (count: Int, total: UInt64, coversAll: Bool) {
+        var n = 0
+        var total: UInt64 = 0
+        var i = head
+        while i < chunks.count && chunks[i].end <= writtenOffset { i += 1 }
+        while i < chunks.count && n < vecs.count {
+            let chunk = chunks[i]
+            let skip = Int(writtenOffset > chunk.offset ? writtenOffset - chunk.offset : 0)
+            vecs[n] = ngtcp2_vec(base: chunk.base + skip, len: chunk.count - skip)
+            total += UInt64(chunk.count - skip)
+            n += 1
+            i += 1
+        }
+        return (n, total, i == chunks.count)
+    }
+
+    /// ngtcp2 reports acknowledged stream data in order from the start (acked_stream_data_offset).
+    func acked(offset: UInt64, length: UInt64) {
+        let end = offset + length
+        if end > ackedOffset { ackedOffset = end }
+        while head < chunks.count && chunks[head].end <= ackedOffset {
+            chunks[head].base.deallocate()
+            head += 1
+        }
+        if head > 64 && head * 2 > chunks.count {
+            chunks.removeFirst(head)
+            head = 0
+        }
+        while let first = writers.first, first.threshold <= ackedOffset {
+            writers.removeFirst()
+            first.continuation.resume()
+        }
+        connection.checkDrained()
+    }
+
+    func failSend(_ error: QUICError) {
+        if sendError == nil { sendError = error }
+        let waiting = writers
+        writers.removeAll()
+        for w in waiting { w.continuation.resume(throwing: error) }
+    }
+
+    func fail(_ error: QUICError) {
+        failSend(error)
+        shared.fail(error)
+    }
+
+    /// The stream is gone from ngtcp2: everything was delivered, or it was reset.
+    func closed(appErrorCode: UInt64, normally: Bool) {
+        if !isSendSettled {
+            failSend(QUICError(.streamReset, "stream \(id) closed", errorCode: appErrorCode))
+        } else {
+            finAcked = true
+            let waiting = writers
+            writers.removeAll()
+            for w in waiting { w.continuation.resume() }
+        }
+        shared.fail(QUICError(.streamReset, "stream \(id) closed before its end", errorCode: appErrorCode))
+    }
+}
+
+/// The receive side of a stream, shared between the loop (producer) and one reader.
+///
+/// Flow control is the backpressure: the loop stores what the peer sent, and credit is
+/// returned to the peer only for bytes the reader has taken (RFC 9000 §4.1), so a slow
+/// reader bounds the buffer at the stream window.
+final class StreamShared: Sendable {
+    struct State {
+        var chunks: [[UInt8]] = []
+        var head = 0
+        var fin = false
+        var error: QUICError?
+        var reader: CheckedContinuation<[UInt8]?, any Error>?
+        /// Bytes taken by the reader and not yet returned to the peer as credit.
+        var consumed: UInt64 = 0
+        var creditPending = false
+        var buffered: UInt64 = 0
+        var released = false
+        var writeFinished = false
+    }
+    let state = Mutex(State())
+
+    /// Loop thread: new in-order data (ngtcp2 delivers stream data in order). Returns the number
+    /// of bytes handed straight to a waiting reader, whose credit the caller returns at once.
+    func deliver(_ data: UnsafePointer<UInt8>?, _ count: Int, fin: Bool) -> UInt64 {
+        let bytes = count > 0 && data != nil ? [UInt8](UnsafeBufferPointer(start: data, count: count)) : []
+        let (reader, value, handed): (CheckedContinuation<[UInt8]?, any Error>?, [UInt8]?, UInt64) = state.withLock { s in
+            if s.released || s.error != nil { return (nil, nil, UInt64(bytes.count)) }
+            if fin { s.fin = true }
+            if let r = s.reader, s.head == s.chunks.count {
+                if !bytes.isEmpty {
+                    s.reader = nil
+                    return (r, bytes, UInt64(bytes.count))
+                }
+                if s.fin {
+                    s.reader = nil
+                    return (r, nil, 0)
+                }
+                return (nil, nil, 0)
+            }
+            if !bytes.isEmpty {
+                s.chunks.append(bytes)
+                s.buffered += UInt64(bytes.count)
+            }
+            return (nil, nil, 0)
+        }
+        reader?.resume(returning: value)
+        return handed
+    }
+
+    func fail(_ error: QUICError) {
+        let reader: CheckedContinuation<[UInt8]?, any Error>? = state.withLock { s in
+            if s.fin && s.head == s.chunks.count { return s.reader.take() }  // complete: nothing to fail
+            if s.fin { return nil }  // complete but unread: let the reader drain it
+            if s.error == nil { s.error = error }
+            return s.reader.take()
+        }
+        if let reader {
+            let finished = state.withLock { $0.fin }
+            if finished { reader.resume(returning: nil) } else { reader.resume(throwing: error) }
+        }
+    }
+}
