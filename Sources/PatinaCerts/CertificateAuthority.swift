@@ -25,7 +25,7 @@ public enum CertificateAuthority {
     public static let defaultCommonName = "Patina cluster CA"
     public static let defaultDays = 3650
 
-    /// A new self-signed CA: ECDSA P-256, basicConstraints critical CA:TRUE,
+    /// A new self-signed CA: ECDSA P-256, basicConstraints critical CA:TRUE (pathlen 0),
     /// keyUsage critical keyCertSign + cRLSign, subject key identifier and a
     /// random serial.
     ///
@@ -45,7 +45,9 @@ public enum CertificateAuthority {
             commonName: commonName, publicKey: key, notBefore: start, notAfter: end,
             issuer: nil, signingKey: key,
             extensions: [
-                .init(nid: NID_basic_constraints, value: "critical,CA:TRUE"),
+                // pathlen:0: whatever it signs cannot act as a CA in turn,
+                // even if a certificate with CA:TRUE were ever issued by mistake.
+                .init(nid: NID_basic_constraints, value: "critical,CA:TRUE,pathlen:0"),
                 .init(nid: NID_key_usage, value: "critical,keyCertSign,cRLSign"),
                 .init(nid: NID_subject_key_identifier, value: "hash"),
             ])

@@ -137,7 +137,7 @@ struct Fixture {
         #expect(text.output.contains("NIST CURVE: P-256"))
 
         let caText = try openssl(["x509", "-noout", "-text", "-in", fixture.caFile])
-        #expect(caText.output.contains("CA:TRUE"))
+        #expect(caText.output.contains("CA:TRUE, pathlen:0"))
         #expect(caText.output.contains("Certificate Sign, CRL Sign"))
         #expect(caText.output.contains("X509v3 Subject Key Identifier"))
 
