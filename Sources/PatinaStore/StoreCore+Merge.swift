@@ -46,6 +46,19 @@ extension StoreCore {
         var touchedSites: Set<Int64> = []
         var originTimestamps: [HybridTimestamp] = []
         var written = 0
+        /// Rows with no column clocks when this batch first touched them (unknown,
+        /// deleted or just resurrected), with the columns clocked since: a cell
+        /// not listed has no clock, so the merge skips looking for one.
+        var freshRows: [RowKey: Set<String>] = [:]
+        /// Winning cells not yet written to the base table: one upsert per row
+        /// instead of one per cell (see flushPendingRows).
+        var pendingRows: [RowKey: PendingRow] = [:]
+    }
+
+    struct PendingRow {
+        var table: TableInfo
+        var key: [SQLValue]
+        var cells: [String: SQLValue] = [:]
     }
 
     /// The origin of an incoming change.
@@ -83,6 +96,8 @@ extension StoreCore {
                     try db.execute("ROLLBACK TO patina_changeset; RELEASE patina_changeset")
                     books[site] = savedBook
                     ctx.sentinels = [:]
+                    ctx.freshRows = [:]
+                    ctx.pendingRows = [:]
                     outcome.rejections.append(ChangesetRejection(
                         index: index, actor: changeset.actor, versions: changeset.versions, reason: "\(error)"))
                 }
@@ -249,6 +264,7 @@ extension StoreCore {
         for i in order {
             if try mergeChange(changes[i], key: keys[i], origin: origin, ctx: &ctx) { attributed = true }
         }
+        try flushPendingRows(&ctx)
         books[origin.site]!.applied.insert(origin.version)
         ctx.originTimestamps.append(ts)
         if attributed {
@@ -315,6 +331,7 @@ extension StoreCore {
         let rowKey = RowKey(table: change.table, pk: change.pk)
         let local = try sentinel(rowKey, statements: st, ctx: &ctx)
         let localCl = local?.cl ?? 0
+        if local == nil && ctx.freshRows[rowKey] == nil { ctx.freshRows[rowKey] = [] }
         if change.cl < localCl { return false }
         let isDelete = change.cl % 2 == 0
         if isDelete && !change.isSentinel { return false }  // a cell of a deleted row: nothing to do
@@ -328,16 +345,15 @@ extension StoreCore {
                 return true
             }
             if isDelete {
+                ctx.pendingRows[rowKey] = nil
                 try bindKey(st.deleteRow, key)
                 try st.deleteRow.step()
-                try dropColumnClocks(st, pk: change.pk, ctx: &ctx)
                 ctx.rows[change.table, default: [:]][change.pk] = .delete
             } else {
-                try bindKey(st.insertKeyOnly, key)
-                try st.insertKeyOnly.step()
-                try dropColumnClocks(st, pk: change.pk, ctx: &ctx)
+                ensurePending(rowKey, table: table, key: key, ctx: &ctx)
                 ctx.rows[change.table, default: [:]][change.pk] = .upsert
             }
+            try restartColumnClocks(st, rowKey, ctx: &ctx)
             try setSentinel(st, key: rowKey, incoming, replacing: local, ctx: &ctx)
             ctx.written += 1
             return true
@@ -346,13 +362,15 @@ extension StoreCore {
         var wins = false
         if change.cl > localCl {
             // Rule 4: the row is (re)created by a change that arrived before its sentinel.
-            try bindKey(st.insertKeyOnly, key)
-            try st.insertKeyOnly.step()
-            if local != nil { try dropColumnClocks(st, pk: change.pk, ctx: &ctx) }
+            ensurePending(rowKey, table: table, key: key, ctx: &ctx)
+            try restartColumnClocks(st, rowKey, ctx: &ctx)
             try setSentinel(st, key: rowKey, Sentinel(cl: change.cl, site: -1, version: 0, seq: 0), replacing: local, ctx: &ctx)
             wins = true
         }
         var previous: SiteVersion?
+        if !wins, let clocked = ctx.freshRows[rowKey], !clocked.contains(change.cid) {
+            wins = true  // no clock for this cell
+        }
         if !wins {
             let s = st.selectClock
             s.reset()
@@ -366,7 +384,7 @@ extension StoreCore {
                 if change.colVersion != localVersion {
                     wins = change.colVersion > localVersion
                 } else {
-                    let order = SQLValue.mergeOrder(change.val, try readCell(st, column: change.cid, key: key))
+                    let order = SQLValue.mergeOrder(change.val, try readCell(st, rowKey, column: change.cid, key: key, ctx: ctx))
                     if order != 0 {
                         wins = order > 0
                     } else if let localActor = actorOfSite[localSite] {
@@ -378,16 +396,39 @@ extension StoreCore {
                 wins = true
             }
         }
-        guard wins, let upsert = st.upsertCell[change.cid] else { return false }
-        try bindKey(upsert, key)
-        try upsert.bind(change.val, at: key.count + 1)
-        try upsert.step()
+        guard wins, table.hasColumn(change.cid) else { return false }
+        ensurePending(rowKey, table: table, key: key, ctx: &ctx)
+        ctx.pendingRows[rowKey]!.cells[change.cid] = change.val
         try writeClock(st, pk: change.pk, cid: change.cid, colVersion: change.colVersion,
                        version: origin.version, seq: change.seq, site: origin.site)
+        ctx.freshRows[rowKey]?.insert(change.cid)
         if let previous { ctx.overwritten.insert(previous) }
         ctx.rows[change.table, default: [:]][change.pk] = .upsert
         ctx.written += 1
         return true
+    }
+
+    private func ensurePending(_ rowKey: RowKey, table: TableInfo, key: [SQLValue], ctx: inout MergeContext) {
+        if ctx.pendingRows[rowKey] == nil { ctx.pendingRows[rowKey] = PendingRow(table: table, key: key) }
+    }
+
+    /// Drops a row's column clocks (a delete or a new life of the row).
+    private func restartColumnClocks(_ st: TableStatements, _ rowKey: RowKey, ctx: inout MergeContext) throws {
+        if let clocked = ctx.freshRows[rowKey], clocked.isEmpty { return }  // nothing to drop
+        try dropColumnClocks(st, pk: rowKey.pk, ctx: &ctx)
+        ctx.freshRows[rowKey] = []
+    }
+
+    /// Writes the winning cells of each touched row with one upsert per row.
+    private func flushPendingRows(_ ctx: inout MergeContext) throws {
+        for (_, row) in ctx.pendingRows {
+            let columns = row.table.columns.filter { row.cells[$0] != nil }
+            let stmt = try statements(for: row.table).upsert(columns: columns, db: db)
+            try bindKey(stmt, row.key)
+            for (i, column) in columns.enumerated() { try stmt.bind(row.cells[column]!, at: row.key.count + i + 1) }
+            try stmt.step()
+        }
+        ctx.pendingRows.removeAll(keepingCapacity: true)
     }
 
     private func attributionPrecedes(_ incoming: Sentinel, _ incomingActor: ActorID, _ local: Sentinel) -> Bool {
@@ -397,7 +438,8 @@ extension StoreCore {
         return incoming.seq < local.seq
     }
 
-    private func readCell(_ st: TableStatements, column: String, key: [SQLValue]) throws -> SQLValue {
+    private func readCell(_ st: TableStatements, _ rowKey: RowKey, column: String, key: [SQLValue], ctx: MergeContext) throws -> SQLValue {
+        if let pending = ctx.pendingRows[rowKey]?.cells[column] { return pending }
         guard let s = st.selectCell[column] else { return .null }
         try bindKey(s, key)
         defer { s.reset() }

@@ -9,10 +9,11 @@ final class TableStatements {
     let upsertClock: SQLiteStatement
     let deleteColumnClocks: SQLiteStatement
     let deleteRow: SQLiteStatement
-    let insertKeyOnly: SQLiteStatement
-    /// Per column: upsert of that one cell, and a read of it.
-    let upsertCell: [String: SQLiteStatement]
+    /// Per column: a read of that one cell.
     let selectCell: [String: SQLiteStatement]
+    /// Upserts of a row's key and some of its cells, by the set of cells.
+    private var upserts: [[String]: SQLiteStatement] = [:]
+    private let table: TableInfo
     let columnIndex: [String: Int]
 
     init(table t: TableInfo, db: SQLiteConnection) throws {
@@ -36,21 +37,35 @@ final class TableStatements {
             """)
         deleteColumnClocks = try db.prepare("DELETE FROM \(clock) WHERE pk = ? AND cid != '-1' RETURNING site, db_version")
         deleteRow = try db.prepare("DELETE FROM \(table) WHERE \(keyMatch)")
-        insertKeyOnly = try db.prepare("INSERT OR IGNORE INTO \(table) (\(keyList)) VALUES (\(keyParams))")
-        var upserts: [String: SQLiteStatement] = [:]
         var selects: [String: SQLiteStatement] = [:]
-        let n = t.pkColumns.count
         for column in t.columns {
-            let c = quoteIdentifier(column)
-            upserts[column] = try db.prepare("""
-                INSERT INTO \(table) (\(keyList), \(c)) VALUES (\(keyParams), ?\(n + 1))
-                ON CONFLICT (\(keyList)) DO UPDATE SET \(c) = excluded.\(c)
-                """)
-            selects[column] = try db.prepare("SELECT \(c) FROM \(table) WHERE \(keyMatch)")
+            selects[column] = try db.prepare("SELECT \(quoteIdentifier(column)) FROM \(table) WHERE \(keyMatch)")
         }
-        upsertCell = upserts
         selectCell = selects
+        self.table = t
         columnIndex = Dictionary(uniqueKeysWithValues: t.columns.enumerated().map { ($1, $0) })
+    }
+}
+
+extension TableStatements {
+    /// `INSERT INTO t (key..., columns...) ... ON CONFLICT (key) DO UPDATE SET` those
+    /// columns; with no columns, an insert of the key that keeps an existing row.
+    func upsert(columns: [String], db: SQLiteConnection) throws -> SQLiteStatement {
+        if let s = upserts[columns] { return s }
+        let name = quoteIdentifier(table.name)
+        let keyList = table.pkColumns.map(quoteIdentifier).joined(separator: ", ")
+        let all = table.pkColumns + columns
+        let params = all.indices.map { "?\($0 + 1)" }.joined(separator: ", ")
+        let sql: String
+        if columns.isEmpty {
+            sql = "INSERT OR IGNORE INTO \(name) (\(keyList)) VALUES (\(params))"
+        } else {
+            let sets = columns.map { "\(quoteIdentifier($0)) = excluded.\(quoteIdentifier($0))" }.joined(separator: ", ")
+            sql = "INSERT INTO \(name) (\(all.map(quoteIdentifier).joined(separator: ", "))) VALUES (\(params)) ON CONFLICT (\(keyList)) DO UPDATE SET \(sets)"
+        }
+        let s = try db.prepare(sql)
+        upserts[columns] = s
+        return s
     }
 }
 
