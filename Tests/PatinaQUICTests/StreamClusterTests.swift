@@ -1,0 +1,266 @@
+import Foundation
+import Testing
+
+@testable import PatinaQUIC
+
+/// A connected pair of endpoints on loopback with good certificates.
+struct Pair {
+    let pki: TestPKI
+    let logs = LogCapture()
+    let server: QUICEndpoint
+    let client: QUICEndpoint
+    let clientSide: QUICConnection
+    let serverSide: QUICConnection
+
+    static func make(idle: Duration = .seconds(10), tweak: (inout QUICEndpointConfig) -> Void = { _ in }) async throws -> Pair {
+        let pki = try TestPKI()
+        let logs = LogCapture()
+        var serverConfig = config(try pki.node("server"), idle: idle)
+        var clientConfig = config(try pki.node("client"), idle: idle)
+        tweak(&serverConfig)
+        tweak(&clientConfig)
+        let server = try QUICEndpoint(bind: loopback, config: serverConfig, logger: logs.logger("server"))
+        let client = try QUICEndpoint(bind: loopback, config: clientConfig, logger: logs.logger("client"))
+        let accepted = Task { () -> QUICConnection? in
+            for await c in server.incomingConnections { return c }
+            return nil
+        }
+        let address = server.localAddress
+        let clientSide = try await withDeadline(.seconds(10)) { try await client.connect(to: address) }
+        let serverSide = try #require(await accepted.value)
+        return Pair(pki: pki, server: server, client: client, clientSide: clientSide, serverSide: serverSide)
+    }
+
+    init(pki: TestPKI, server: QUICEndpoint, client: QUICEndpoint, clientSide: QUICConnection, serverSide: QUICConnection) {
+        self.pki = pki
+        self.server = server
+        self.client = client
+        self.clientSide = clientSide
+        self.serverSide = serverSide
+    }
+
+    func shutdown() async {
+        await client.close()
+        await server.close()
+        pki.remove()
+    }
+}
+
+func pattern(_ seed: Int, count: Int) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: count)
+    var x = UInt32(truncatingIfNeeded: seed &* 2_654_435_761 &+ 1)
+    for i in 0..<count {
+        x = x &* 1_664_525 &+ 1_013_904_223
+        out[i] = UInt8(truncatingIfNeeded: x >> 24)
+    }
+    return out
+}
+
+@Suite("QUIC streams and datagrams", .timeLimit(.minutes(2)))
+struct StreamClusterTests {
+    @Test func thousandSmallMessagesOnUniStreams() async throws {
+        let pair = try await Pair.make()
+        let count = 1000
+        let received = Task { () -> [Int: [UInt8]] in
+            var got: [Int: [UInt8]] = [:]
+            await withTaskGroup(of: (Int, [UInt8])?.self) { group in
+                var n = 0
+                for await stream in pair.serverSide.incomingStreams {
+                    group.addTask {
+                        guard let bytes = try? await stream.readAll() else { return nil }
+                        let index = Int(bytes[0]) << 8 | Int(bytes[1])
+                        return (index, bytes)
+                    }
+                    n += 1
+                    if n == count { break }
+                }
+                for await result in group { if let (i, b) = result { got[i] = b } }
+            }
+            return got
+        }
+        try await withDeadline(.seconds(60)) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for worker in 0..<8 {
+                    group.addTask {
+                        for i in stride(from: worker, to: count, by: 8) {
+                            var message = pattern(i, count: 1024)
+                            message[0] = UInt8(i >> 8)
+                            message[1] = UInt8(i & 0xff)
+                            let stream = try await pair.clientSide.openUniStream()
+                            try await stream.write(message, finish: true)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        let got = try await withDeadline(.seconds(60)) { await received.value }
+        #expect(got.count == count)
+        for i in 0..<count {
+            var expected = pattern(i, count: 1024)
+            expected[0] = UInt8(i >> 8)
+            expected[1] = UInt8(i & 0xff)
+            #expect(got[i] == expected, "message \(i)")
+            if got[i] != expected { break }
+        }
+        await pair.shutdown()
+    }
+
+    @Test func largeTransferOnOneBiStreamKeepsItsHash() async throws {
+        let pair = try await Pair.make()
+        let total = 64 * 1024 * 1024
+        let chunk = 256 * 1024
+        let receiver = Task { () throws -> (Int, [UInt8]) in
+            var streams = pair.serverSide.incomingStreams.makeAsyncIterator()
+            guard let stream = await streams.next() else { throw QUICError(.closedByPeer, "no stream") }
+            var digest = SHA256Digest()
+            var n = 0
+            while let bytes = try await stream.read() {
+                digest.update(bytes)
+                n += bytes.count
+            }
+            // Echo the byte count back so the sender knows all of it arrived.
+            try await stream.write(Array(String(n).utf8), finish: true)
+            return (n, digest.finalize())
+        }
+        let sent = try await withDeadline(.seconds(90)) { () -> ([UInt8], [UInt8]) in
+            let stream = try await pair.clientSide.openBiStream()
+            var digest = SHA256Digest()
+            var offset = 0
+            let block = pattern(7, count: chunk)
+            while offset < total {
+                var piece = block
+                piece[0] = UInt8(truncatingIfNeeded: offset >> 18)
+                digest.update(piece)
+                try await stream.write(piece)
+                offset += chunk
+            }
+            try await stream.finish()
+            let reply = try await stream.readAll()
+            return (digest.finalize(), reply)
+        }
+        let (count, hash) = try await receiver.value
+        #expect(count == total)
+        #expect(hash == sent.0)
+        #expect(String(decoding: sent.1, as: UTF8.self) == String(total))
+        await pair.shutdown()
+    }
+
+    @Test func hundredConcurrentBiStreams() async throws {
+        let pair = try await Pair.make()
+        let echo = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for await stream in pair.serverSide.incomingStreams {
+                    group.addTask {
+                        guard let bytes = try? await stream.readAll() else { return }
+                        try? await stream.write(bytes.reversed(), finish: true)
+                    }
+                }
+            }
+        }
+        try await withDeadline(.seconds(60)) {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<100 {
+                    group.addTask {
+                        let stream = try await pair.clientSide.openBiStream()
+                        let message = pattern(i, count: 10_000 + i * 97)
+                        try await stream.write(message, finish: true)
+                        let reply = try await stream.readAll()
+                        #expect(reply == Array(message.reversed()), "stream \(i)")
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        await pair.shutdown()
+        echo.cancel()
+    }
+
+    @Test func datagramsUpToTheNegotiatedMaximum() async throws {
+        let pair = try await Pair.make()
+        let max = try #require(await pair.clientSide.maxDatagramPayloadSize())
+        #expect(max >= 1000)
+        let sizes = [1, 100, max / 2, max]
+        let receiver = Task { () -> [[UInt8]] in
+            var got: [[UInt8]] = []
+            for await d in pair.serverSide.incomingDatagrams {
+                got.append(d)
+                if got.count == sizes.count { break }
+            }
+            return got
+        }
+        // Datagrams are unreliable; on loopback without loss they all arrive, in order.
+        for (i, size) in sizes.enumerated() { try await pair.clientSide.sendDatagram(pattern(i, count: size)) }
+        let got = try await withDeadline(.seconds(10)) { await receiver.value }
+        #expect(got == sizes.enumerated().map { pattern($0.offset, count: $0.element) })
+        await #expect(throws: QUICError.self) { try await pair.clientSide.sendDatagram([UInt8](repeating: 1, count: max + 1)) }
+        await pair.shutdown()
+    }
+
+    @Test func readerFailsWhenPeerVanishes() async throws {
+        let pair = try await Pair.make(idle: .seconds(2))
+        let stream = try await pair.clientSide.openBiStream()
+        try await stream.write(pattern(1, count: 1000))
+        var serverStreams = pair.serverSide.incomingStreams.makeAsyncIterator()
+        let serverStream = try #require(await serverStreams.next())
+        #expect(try await serverStream.read()?.count == 1000)
+        // The client's process "crashes": no CONNECTION_CLOSE is sent.
+        await pair.client.abort()
+        let start = ContinuousClock.now
+        let outcome = try await withDeadline(.seconds(10)) { () -> QUICError? in
+            do {
+                while try await serverStream.read() != nil {}
+                return nil
+            } catch let error as QUICError {
+                return error
+            }
+        }
+        let error = try #require(outcome)
+        #expect(error.isIdleTimeout, "\(error)")
+        #expect(ContinuousClock.now - start < .seconds(4))
+        await pair.server.close()
+        pair.pki.remove()
+    }
+
+    @Test func garbageDatagramsAreIgnored() async throws {
+        let pair = try await Pair.make()
+        let port = pair.server.localAddress.port
+        // Random garbage, plus look-alikes: long headers with unknown versions and Initial-sized junk.
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = port.bigEndian
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var generator = SystemRandomNumberGenerator()
+        for i in 0..<2000 {
+            var junk = (0..<Int.random(in: 1...1500, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            if i % 3 == 0, junk.count > 5 {
+                junk[0] = 0xC0  // long header
+                if i % 2 == 0 { junk[1...4] = [0, 0, 0, 1] }  // QUIC v1: parsed as an Initial
+            }
+            _ = withUnsafePointer(to: &addr) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, junk, junk.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+        // The existing connection and a new client both still work.
+        let echo = Task {
+            for await stream in pair.serverSide.incomingStreams {
+                let bytes = try await stream.readAll()
+                try await stream.write(bytes, finish: true)
+            }
+        }
+        let stream = try await pair.clientSide.openBiStream()
+        try await stream.write(Array("still here".utf8), finish: true)
+        #expect(try await withDeadline(.seconds(10)) { try await stream.readAll() } == Array("still here".utf8))
+        let other = try QUICEndpoint(bind: loopback, config: config(try pair.pki.node("late")))
+        let address = pair.server.localAddress
+        _ = try await withDeadline(.seconds(10)) { try await other.connect(to: address) }
+        #expect(await pair.server.droppedPacketCount() > 0)
+        await other.close()
+        echo.cancel()
+        await pair.shutdown()
+    }
+}
