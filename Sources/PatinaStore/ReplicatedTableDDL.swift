@@ -47,6 +47,14 @@ enum ReplicatedTableDDL {
         let insertCols = "(pk, cid, col_version, db_version, seq, site)"
         let stamp = "db_version = excluded.db_version, seq = excluded.seq, site = 0"
 
+        // Sentinel for a created row: new key → cl 1; a deleted (even) key → next odd.
+        func created(_ row: String) -> String {
+            """
+            INSERT INTO \(clock) \(insertCols) VALUES (\(pack(row)), '-1', 1, patina_version(), patina_seq(), 0)
+              ON CONFLICT (pk, cid) DO UPDATE SET col_version = col_version + 1, \(stamp)
+              WHERE col_version % 2 = 0;
+            """
+        }
         // Sentinel for a deleted row: next even; its column clocks go, so a later
         // re-insert starts them over (the higher causal length wins anyway).
         func deleted(_ row: String) -> String {
@@ -66,33 +74,23 @@ enum ReplicatedTableDDL {
                   ON CONFLICT (pk, cid) DO UPDATE SET col_version = col_version + 1, \(stamp);
                 """
         }
-        // A created row in one statement: its sentinel (new → 1, deleted → next
-        // odd, alive → unchanged) and every cell (new → 1, else one more).
-        func createdWithCells(_ row: String) -> String {
-            let cids = ([Change.sentinelColumn] + t.columns).map { "('\($0.replacingOccurrences(of: "'", with: "''"))')" }
-                .joined(separator: ", ")
-            return """
-                INSERT INTO \(clock) \(insertCols)
-                  SELECT k.pk, c.column1, 1, patina_version(), patina_seq(), 0
-                  FROM (SELECT \(pack(row)) AS pk) AS k, (VALUES \(cids)) AS c WHERE true
-                  ON CONFLICT (pk, cid) DO UPDATE SET col_version = col_version + 1, \(stamp)
-                  WHERE cid != '-1' OR col_version % 2 = 0;
-                """
-        }
+        let allCells = t.columns.map { cell($0, "NEW", when: nil) }.joined(separator: "\n")
         let changedCells = t.columns.map {
             cell($0, "NEW", when: "OLD.\(quoteIdentifier($0)) IS NOT NEW.\(quoteIdentifier($0))")
         }.joined(separator: "\n")
 
         var sql = """
             CREATE TRIGGER \(names[0]) AFTER INSERT ON \(table) WHEN patina_capturing() BEGIN
-            \(createdWithCells("NEW"))
+            \(created("NEW"))
+            \(allCells)
             END;
             CREATE TRIGGER \(names[3]) AFTER DELETE ON \(table) WHEN patina_capturing() BEGIN
             \(deleted("OLD"))
             END;
             CREATE TRIGGER \(names[2]) AFTER UPDATE ON \(table) WHEN patina_capturing() AND (\(pkChanged)) BEGIN
             \(deleted("OLD"))
-            \(createdWithCells("NEW"))
+            \(created("NEW"))
+            \(allCells)
             END;
             """
         if !t.columns.isEmpty {
