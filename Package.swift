@@ -14,6 +14,11 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // MARK: System libraries, each found through pkg-config.
@@ -59,10 +64,31 @@ let package = Package(
             ],
             path: "Sources/PatinaQUIC"),
         .target(
+            name: "PatinaCluster",
+            dependencies: [
+                "PatinaCore", "PatinaStore", "PatinaQUIC",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/PatinaCluster"),
+        .target(
+            name: "PatinaAPI",
+            dependencies: [
+                "PatinaCore", "PatinaStore", "PatinaCluster",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            path: "Sources/PatinaAPI"),
+        .target(
             name: "PatinaNode",
             dependencies: [
-                "PatinaCore", "PatinaStore",
+                "PatinaCore", "PatinaStore", "PatinaQUIC", "PatinaCerts", "PatinaCluster", "PatinaAPI",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/PatinaNode"),
         .executableTarget(
@@ -85,6 +111,17 @@ let package = Package(
         .testTarget(
             name: "PatinaCertsTests", dependencies: ["PatinaCerts", "PatinaCore"],
             path: "Tests/PatinaCertsTests"),
+        .testTarget(
+            name: "PatinaClusterTests", dependencies: ["PatinaCluster", "PatinaCore", "PatinaStore"],
+            path: "Tests/PatinaClusterTests"),
+        .testTarget(
+            name: "PatinaAPITests",
+            dependencies: [
+                "PatinaAPI", "PatinaNode", "PatinaStore", "PatinaCore",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            path: "Tests/PatinaAPITests"),
         .testTarget(
             name: "PatinaQUICTests", dependencies: ["PatinaQUIC", "PatinaCerts", "PatinaCore"],
             path: "Tests/PatinaQUICTests"),
