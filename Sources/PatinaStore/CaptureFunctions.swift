@@ -17,6 +17,8 @@ final class CaptureState {
     /// internal tables, DDL and transaction control.
     var userStatementsActive = false
     var deniedReason: String?
+    /// Tables read by user statements prepared since the last reset.
+    var readTables: Set<String> = []
 }
 
 enum CaptureFunctions {
@@ -54,6 +56,9 @@ enum CaptureFunctions {
             guard state.userStatementsActive else { return SQLITE_OK }
             let a1 = arg1.map { String(cString: $0) } ?? ""
             switch action {
+            case SQLITE_READ:
+                if !a1.isEmpty && !a1.contains("__patina") && !a1.hasPrefix("sqlite_") { state.readTables.insert(a1) }
+                return SQLITE_OK
             case SQLITE_INSERT, SQLITE_UPDATE, SQLITE_DELETE:
                 if trigger == nil && (a1.contains("__patina") || a1.hasPrefix("sqlite_")) {
                     state.deniedReason = "writes to internal table \(a1) are not allowed"

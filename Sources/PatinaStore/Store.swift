@@ -61,12 +61,25 @@ public final class Store: @unchecked Sendable {
     /// Runs a local write transaction. Every changed cell becomes a change of the
     /// next version of this node's actor; the result carries the changesets to
     /// broadcast. A throwing body rolls everything back.
-    public func write<T: Sendable>(_ body: (WriteTransaction) throws -> T) throws -> WriteResult<T> {
+    ///
+    /// With a `timeout`, SQLite is interrupted once it has run that long and the
+    /// transaction rolls back with ``StatementTimeout``.
+    public func write<T: Sendable>(timeout: Duration? = nil, _ body: (WriteTransaction) throws -> T) throws -> WriteResult<T> {
         try core.withLock { core in
-            let (value, version, changesets, _) = try core.write(body)
-            return WriteResult(value: value, version: version, changesets: changesets)
+            core.deadline.set(timeout)
+            defer { core.deadline.set(nil) }
+            do {
+                let (value, version, changesets, _) = try core.write(body)
+                return WriteResult(value: value, version: version, changesets: changesets)
+            } catch {
+                if let e = error as? SQLiteError, e.isInterrupt { throw StatementTimeout() }
+                throw error
+            }
         }
     }
+
+    /// A new read-only connection for streaming queries.
+    public func makeReader() throws -> StoreReader { try StoreReader(path: path) }
 
     /// Convenience: one statement in its own transaction.
     @discardableResult

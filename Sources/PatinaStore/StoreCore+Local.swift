@@ -60,25 +60,8 @@ extension StoreCore {
             if userStatements.count >= 128 { userStatements.removeAll(keepingCapacity: true) }
             userStatements[sql] = stmt
         }
-        switch parameters {
-        case .none:
-            break
-        case .positional(let values):
-            guard values.count == stmt.parameterCount else {
-                throw SQLiteError(code: SQLITE_RANGE, message: "statement has \(stmt.parameterCount) parameters, \(values.count) given", sql: sql)
-            }
-            try stmt.bind(values)
-        case .named(let values):
-            for i in stride(from: 1, through: stmt.parameterCount, by: 1) {
-                guard let name = stmt.parameterName(i) else {
-                    throw SQLiteError(code: SQLITE_RANGE, message: "positional parameter ?\(i) in a statement given named parameters", sql: sql)
-                }
-                guard let value = values[name] ?? values[String(name.dropFirst())] else {
-                    throw SQLiteError(code: SQLITE_RANGE, message: "no value for parameter \(name)", sql: sql)
-                }
-                try stmt.bind(value, at: i)
-            }
-        }
+        if case .none = parameters, stmt.parameterCount == 0 { return stmt }
+        try bind(stmt, parameters)
         return stmt
     }
 

@@ -10,6 +10,7 @@ final class StoreCore {
     let path: String
     let db: SQLiteConnection
     let capture = CaptureState()
+    let deadline = DeadlineBox()
     private(set) var actorID: ActorID = .random()
     var tables: [String: TableInfo] = [:]
     var hlc = HybridLogicalClock()
@@ -23,16 +24,19 @@ final class StoreCore {
     /// Prepared user statements, by SQL text (see prepareUserStatement).
     var userStatements: [String: SQLiteStatement] = [:]
     var now: () -> UInt64 = { UInt64(Date().timeIntervalSince1970 * 1000) }
+    let lock: DatabaseLock
 
     init(path: String) throws {
         self.path = path
         try Self.checkFileHeader(path: path)
+        lock = try DatabaseLock(path: path)
         do {
             db = try SQLiteConnection(path: path)
         } catch {
             throw StoreOpenError(path: path, reason: error.message)
         }
         CaptureFunctions.register(on: db.handle, state: capture)
+        deadline.install(on: db.handle)
         do {
             try openOrInitialize()
         } catch let error as StoreOpenError {
@@ -71,6 +75,9 @@ final class StoreCore {
             else { throw StoreOpenError(path: path, reason: "the node identity is missing or malformed") }
             actorID = actor
             try configure()
+            if try db.scalar("SELECT value FROM __patina_meta WHERE key = 'needs_identity'") != nil {
+                try adoptNewIdentity(previous: actor)
+            }
         } else {
             let userObjects = try db.scalar("SELECT count(*) FROM sqlite_master")
             if userObjects != .integer(0) {
@@ -111,6 +118,27 @@ final class StoreCore {
         try db.run("INSERT INTO __patina_meta (key, value) VALUES ('format', ?), ('actor_id', ?)",
                    [.text(Self.formatTag), .blob(actorID.bytes)])
         try db.run("INSERT INTO __patina_sites (ordinal, actor) VALUES (0, ?)", [.blob(actorID.bytes)])
+    }
+
+    /// A node started from a backup takes a new actor id; the backed-up node's
+    /// changes move to a site of their own, so their origin is kept.
+    private func adoptNewIdentity(previous: ActorID) throws {
+        let fresh = ActorID.random()
+        try inTransaction {
+            guard case .integer(let maxSite) = try db.scalar("SELECT max(ordinal) FROM __patina_sites") else { return }
+            let moved = maxSite + 1
+            try db.run("UPDATE __patina_sites SET actor = ? WHERE ordinal = 0", [.blob(fresh.bytes)])
+            try db.run("INSERT INTO __patina_sites (ordinal, actor) VALUES (?, ?)", [.integer(moved), .blob(previous.bytes)])
+            let clocks = try db.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB '*__patina_clock'")
+            var tables = clocks.compactMap { row -> String? in if case .text(let n) = row[0] { return n } else { return nil } }
+            tables += ["__patina_bookkeeping", "__patina_cleared", "__patina_versions", "__patina_partials", "__patina_buffer"]
+            for table in tables {
+                try db.run("UPDATE \(quoteIdentifier(table)) SET site = ? WHERE site = 0", [.integer(moved)])
+            }
+            try db.run("UPDATE __patina_meta SET value = ? WHERE key = 'actor_id'", [.blob(fresh.bytes)])
+            try db.run("DELETE FROM __patina_meta WHERE key = 'needs_identity'")
+        }
+        actorID = fresh
     }
 
     private func loadState() throws {

@@ -7,7 +7,10 @@ struct Patina: AsyncParsableCommand {
         commandName: "patina",
         abstract: "A replication node: SQLite tables as CRDTs, replicated over QUIC with mutual TLS.",
         version: PatinaNode.version,
-        subcommands: [Bench.self, Certs.self])
+        subcommands: [
+            AgentCommand.self, ExecCommand.self, QueryCommand.self, SubscribeCommand.self, ReloadCommand.self,
+            BackupCommand.self, RestoreCommand.self, ClusterCommand.self, Certs.self, Bench.self,
+        ])
 }
 
 /// `patina bench ...`: benchmarks of each layer.
