@@ -246,6 +246,11 @@ public actor SubscriptionManager {
         }
     }
 
+    /// Ends every subscriber's stream (at shutdown).
+    public func closeAll() async {
+        for subscription in subscriptions.values { await subscription.close() }
+    }
+
     /// Drops subscriptions nobody has listened to for `idleTimeout`.
     public func sweep(now: ContinuousClock.Instant = .now) async {
         for (id, subscription) in subscriptions {

@@ -74,10 +74,15 @@ public struct Agent: Sendable {
         }
         services.append(SubscriptionSweeper(manager: api.subscriptions))
 
-        let group = ServiceGroup(configuration: .init(
+        var groupConfig = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
             gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
+            logger: logger)
+        // Open subscription streams never end by themselves: give requests in
+        // flight a few seconds, then cancel.
+        groupConfig.maximumGracefulShutdownDuration = .seconds(5)
+        groupConfig.maximumCancellationDuration = .seconds(5)
+        let group = ServiceGroup(configuration: groupConfig)
         logger.notice("patina node \(store.actorID) started", metadata: ["db": "\(config.db.path)"])
         try await group.run()
         logger.notice("patina node stopped")
@@ -162,9 +167,15 @@ public struct Agent: Sendable {
 struct SubscriptionSweeper: Service {
     let manager: SubscriptionManager
     func run() async throws {
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            try? await Task.sleep(for: .seconds(60))
-            await manager.sweep()
-        }
+        do {
+            try await cancelWhenGracefulShutdown {
+                while true {
+                    try await Task.sleep(for: .seconds(60))
+                    await manager.sweep()
+                }
+            }
+        } catch is CancellationError {}
+        // Shutting down: end the open streams so the HTTP server can drain.
+        await manager.closeAll()
     }
 }
