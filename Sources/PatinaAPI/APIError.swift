@@ -26,6 +26,7 @@ public struct APIError: Error, HTTPResponseError, CustomStringConvertible, Senda
         case is StatementTimeout: return .gatewayTimeout
         case let e as SQLiteError:
             if e.isBusy { return .serviceUnavailable }
+            if e.isInterrupt { return .gatewayTimeout }
             switch e.primaryCode {
             case 19: return .conflict  // SQLITE_CONSTRAINT
             case 1, 20, 25: return .badRequest  // SQLITE_ERROR, MISMATCH, RANGE
@@ -39,7 +40,7 @@ public struct APIError: Error, HTTPResponseError, CustomStringConvertible, Senda
     /// The message for a client: SQLite's own words, without internals.
     static func message(for error: any Error) -> String {
         switch error {
-        case let e as SQLiteError: return e.message
+        case let e as SQLiteError: return e.isInterrupt ? StatementTimeout().description : e.message
         default: return "\(error)"
         }
     }

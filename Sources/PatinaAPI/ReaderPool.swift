@@ -26,12 +26,14 @@ actor ReaderPool {
 /// The store plus the threads that run its blocking calls.
 public struct StoreAccess: Sendable {
     public let store: Store
-    public let writer = BlockingExecutor(label: "patina.writer")
-    public let readers = BlockingExecutor(label: "patina.readers", concurrent: true)
+    public let writer: BlockingExecutor
+    public let readers: BlockingExecutor
     let pool: ReaderPool
 
     public init(store: Store, readers: Int = 4) throws {
         self.store = store
+        writer = BlockingExecutor(label: "patina.writer")
+        self.readers = BlockingExecutor(label: "patina.readers", threads: readers)
         pool = try ReaderPool(store: store, size: readers)
     }
 

@@ -38,6 +38,9 @@ public final class StoreReader: @unchecked Sendable {
             if let reason = guardState.deniedReason { throw StatementNotAllowed(reason: reason) }
             throw error
         }
+        guard stmt.isReadOnly else {
+            throw StatementNotAllowed(reason: "queries must not write; send writes to /v1/transactions")
+        }
         try bind(stmt, parameters)
         deadline.set(timeout)
         return ReadCursor(statement: stmt, reader: self)

@@ -59,7 +59,7 @@ final class LiveAPI: @unchecked Sendable {
         return try await Self.blocking.run { try client.send(method, path, body: body) }
     }
 
-    static let blocking = BlockingExecutor(label: "test.http", concurrent: true)
+    static let blocking = BlockingExecutor(label: "test.http", threads: 16)
 
     func stop() {
         task.cancel()
