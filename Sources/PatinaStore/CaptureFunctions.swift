@@ -60,7 +60,11 @@ enum CaptureFunctions {
                 if !a1.isEmpty && !a1.contains("__patina") && !a1.hasPrefix("sqlite_") { state.readTables.insert(a1) }
                 return SQLITE_OK
             case SQLITE_INSERT, SQLITE_UPDATE, SQLITE_DELETE:
-                if trigger == nil && (a1.contains("__patina") || a1.hasPrefix("sqlite_")) {
+                if trigger == nil && a1.hasPrefix("sqlite_") {
+                    state.deniedReason = "schema changes go through schema files and `patina reload`, not transactions"
+                    return SQLITE_DENY
+                }
+                if trigger == nil && a1.contains("__patina") {
                     state.deniedReason = "writes to internal table \(a1) are not allowed"
                     return SQLITE_DENY
                 }

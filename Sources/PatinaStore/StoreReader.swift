@@ -121,6 +121,7 @@ public final class ReadCursor: @unchecked Sendable {
 
 /// A statement ran past its time limit and was interrupted.
 public struct StatementTimeout: Error, CustomStringConvertible, Sendable {
+    public init() {}
     public var description: String { "statement timed out" }
 }
 
