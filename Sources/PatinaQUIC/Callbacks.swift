@@ -27,6 +27,26 @@ extension ConnectionCore {
                 return 0
             }
             let fin = flags & UInt32(NGTCP2_STREAM_DATA_FLAG_FIN) != 0
+            var data = data
+            var length = length
+            if stream.awaitingKind {
+                guard let first = data, length > 0 else {
+                    // FIN before the kind byte: nothing to announce.
+                    stream.awaitingKind = false
+                    return 0
+                }
+                // The kind byte is transport framing: its credit goes back at once.
+                _ = ngtcp2_conn_extend_max_stream_offset(conn, streamID, 1)
+                ngtcp2_conn_extend_max_offset(conn, 1)
+                if !c.receivedKind(first.pointee, on: stream) { return 0 }
+                data = first + 1
+                length -= 1
+            }
+            if !stream.canReceive {
+                // The receiving end of our uni stream sends only its FIN; anything else is dropped.
+                if length > 0 { ngtcp2_conn_extend_max_offset(conn, UInt64(length)) }
+                return 0
+            }
             let handed = stream.shared.deliver(data, length, fin: fin)
             if handed > 0 {
                 _ = ngtcp2_conn_extend_max_stream_offset(conn, streamID, handed)

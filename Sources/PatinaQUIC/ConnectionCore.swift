@@ -39,7 +39,7 @@ final class ConnectionCore: @unchecked Sendable {
     var connectionBlocked: [StreamCore] = []
     var datagrams: [[UInt8]] = []
     var datagramWaiters: [CheckedContinuation<Void, any Error>] = []
-    var openWaiters: (bidi: [CheckedContinuation<QUICStream, any Error>], uni: [CheckedContinuation<QUICStream, any Error>]) = ([], [])
+    var openWaiters: [(kind: StreamKind, continuation: CheckedContinuation<QUICStream, any Error>)] = []
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
     var nextDatagramID: UInt64 = 0
 
@@ -107,7 +107,8 @@ final class ConnectionCore: @unchecked Sendable {
         params.initial_max_stream_data_bidi_remote = c.initialStreamWindow
         params.initial_max_stream_data_uni = c.initialStreamWindow
         params.initial_max_data = c.initialConnectionWindow
-        params.initial_max_streams_bidi = c.maxIncomingBidiStreams
+        // Patina uni streams also travel on QUIC bidirectional streams (see StreamKind).
+        params.initial_max_streams_bidi = c.maxIncomingBidiStreams + c.maxIncomingUniStreams
         params.initial_max_streams_uni = c.maxIncomingUniStreams
         params.max_idle_timeout = c.idleTimeout.nanoseconds
         params.active_connection_id_limit = 4
@@ -127,6 +128,7 @@ final class ConnectionCore: @unchecked Sendable {
         settings.max_window = c.maxConnectionWindow
         settings.max_stream_window = c.maxStreamWindow
         settings.cc_algo = NGTCP2_CC_ALGO_CUBIC
+        settings.initial_rtt = c.initialRTT.nanoseconds
         var callbacks = ngtcp2_callbacks()
         patina_ngtcp2_crypto_callbacks(&callbacks, isServer ? 1 : 0)
         installCallbacks(&callbacks)
@@ -560,9 +562,8 @@ final class ConnectionCore: @unchecked Sendable {
         datagrams.removeAll()
         for w in datagramWaiters { w.resume(throwing: error) }
         datagramWaiters.removeAll()
-        for w in openWaiters.bidi { w.resume(throwing: error) }
-        for w in openWaiters.uni { w.resume(throwing: error) }
-        openWaiters = ([], [])
+        for w in openWaiters { w.continuation.resume(throwing: error) }
+        openWaiters = []
         for w in drainWaiters { w.resume() }
         drainWaiters.removeAll()
         events.finish(error)
@@ -598,43 +599,77 @@ final class ConnectionCore: @unchecked Sendable {
 
     // MARK: Streams
 
-    func openStream(bidirectional: Bool, _ continuation: CheckedContinuation<QUICStream, any Error>) {
+    /// Opens a Patina stream. Both kinds travel on QUIC bidirectional streams whose first byte
+    /// is the kind; see `StreamKind` for why.
+    func openStream(kind: StreamKind, _ continuation: CheckedContinuation<QUICStream, any Error>) {
         guard let conn, state == .established else {
             continuation.resume(throwing: closeError ?? QUICError(.closedLocally, "connection not open"))
             return
         }
+        if !openWaiters.isEmpty {
+            openWaiters.append((kind, continuation))
+            return
+        }
         var id: Int64 = -1
-        let rv = bidirectional
-            ? ngtcp2_conn_open_bidi_stream(conn, &id, nil) : ngtcp2_conn_open_uni_stream(conn, &id, nil)
+        let rv = ngtcp2_conn_open_bidi_stream(conn, &id, nil)
         if rv == NGTCP2_ERR_STREAM_ID_BLOCKED {
-            if bidirectional { openWaiters.bidi.append(continuation) } else { openWaiters.uni.append(continuation) }
+            openWaiters.append((kind, continuation))
             return
         }
         if rv != 0 {
             continuation.resume(throwing: QUICError(.protocolViolation, String(cString: ngtcp2_strerror(rv))))
             return
         }
-        let stream = StreamCore(id: id, connection: self, local: true, bidirectional: bidirectional)
+        let stream = StreamCore(id: id, connection: self, local: true, bidirectional: kind == .bidirectional)
+        stream.queueHeader(kind.rawValue)
         streams[id] = stream
+        endpoint.markDirty(self)
         continuation.resume(returning: QUICStream(core: stream, connection: handle))
     }
 
     func streamCreditArrived(bidirectional: Bool) {
-        while true {
-            let waiting = bidirectional ? openWaiters.bidi : openWaiters.uni
-            guard let first = waiting.first, let conn else { return }
-            let left = bidirectional ? ngtcp2_conn_get_streams_bidi_left(conn) : ngtcp2_conn_get_streams_uni_left(conn)
-            if left == 0 { return }
-            if bidirectional { openWaiters.bidi.removeFirst() } else { openWaiters.uni.removeFirst() }
-            openStream(bidirectional: bidirectional, first)
+        guard bidirectional, let conn else { return }
+        while !openWaiters.isEmpty && ngtcp2_conn_get_streams_bidi_left(conn) > 0 {
+            let (kind, continuation) = openWaiters.removeFirst()
+            var id: Int64 = -1
+            guard ngtcp2_conn_open_bidi_stream(conn, &id, nil) == 0 else {
+                openWaiters.insert((kind, continuation), at: 0)
+                return
+            }
+            let stream = StreamCore(id: id, connection: self, local: true, bidirectional: kind == .bidirectional)
+            stream.queueHeader(kind.rawValue)
+            streams[id] = stream
+            endpoint.markDirty(self)
+            continuation.resume(returning: QUICStream(core: stream, connection: handle))
         }
     }
 
     func remoteStreamOpened(_ id: Int64) {
-        let bidirectional = id & 0x2 == 0
-        let stream = StreamCore(id: id, connection: self, local: false, bidirectional: bidirectional)
+        let quicBidi = id & 0x2 == 0
+        let stream = StreamCore(id: id, connection: self, local: false, bidirectional: quicBidi)
         streams[id] = stream
+        if quicBidi {
+            // Announced once its kind byte arrives.
+            stream.awaitingKind = true
+        } else {
+            events.streams.yield(QUICStream(core: stream, connection: handle))
+        }
+    }
+
+    /// The first byte of a peer-opened bidirectional stream: its kind. Returns false for a
+    /// byte that is no kind, and the stream is then reset.
+    func receivedKind(_ byte: UInt8, on stream: StreamCore) -> Bool {
+        stream.awaitingKind = false
+        switch StreamKind(rawValue: byte) {
+        case .bidirectional: break
+        case .unidirectional: stream.becomeReceiveOnly()
+        case nil:
+            if let conn { _ = ngtcp2_conn_shutdown_stream(conn, stream.id, 0x101) }
+            return false
+        }
         events.streams.yield(QUICStream(core: stream, connection: handle))
+        endpoint.markDirty(self)
+        return true
     }
 
     /// Returns flow-control credit for bytes the application consumed (RFC 9000 §4.1).

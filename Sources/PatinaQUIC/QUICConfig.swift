@@ -24,6 +24,10 @@ public struct QUICEndpointConfig: Sendable {
     /// PING after this much quiet so that idle connections stay open; nil disables it.
     /// MUST be shorter than `idleTimeout` to have an effect.
     public var keepAliveInterval: Duration? = .seconds(10)
+    /// RTT assumed before the first sample (RFC 9002 §6.2.2). The RFC's 333 ms suits unknown
+    /// Internet paths; a cluster's links are known to be far shorter, and with 333 ms ngtcp2
+    /// paces the server's second handshake datagram ~25 ms apart even on loopback.
+    public var initialRTT: Duration = .milliseconds(50)
     /// How long a handshake may take before the attempt fails.
     public var handshakeTimeout: Duration = .seconds(10)
     /// Streams the peer may open at once.

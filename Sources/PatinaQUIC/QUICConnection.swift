@@ -29,15 +29,15 @@ public final class QUICConnection: Sendable {
     public var incomingDatagrams: AsyncStream<[UInt8]> { core.events.datagramSequence }
 
     /// Opens a bidirectional stream; suspends while the peer's stream limit is reached.
-    public func openBiStream() async throws -> QUICStream { try await open(bidirectional: true) }
+    public func openBiStream() async throws -> QUICStream { try await open(.bidirectional) }
 
     /// Opens a unidirectional (send-only) stream; suspends while the peer's stream limit is reached.
-    public func openUniStream() async throws -> QUICStream { try await open(bidirectional: false) }
+    public func openUniStream() async throws -> QUICStream { try await open(.unidirectional) }
 
-    private func open(bidirectional: Bool) async throws -> QUICStream {
+    private func open(_ kind: StreamKind) async throws -> QUICStream {
         let core = self.core
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<QUICStream, any Error>) in
-            if !core.endpoint.submit({ core.openStream(bidirectional: bidirectional, c) }) {
+            if !core.endpoint.submit({ core.openStream(kind: kind, c) }) {
                 c.resume(throwing: QUICError(.endpointClosed, ""))
             }
         }

@@ -15,23 +15,27 @@ public final class QUICStream: Sendable {
     /// Keeps the connection open while the application holds one of its streams.
     let connection: QUICConnection?
     public var id: Int64 { core.id }
-    public var isUnidirectional: Bool { core.id & 0x2 != 0 }
+    /// Set for both ends of a uni stream: the opener only writes, the receiver only reads.
+    public let isUnidirectional: Bool
 
     init(core: StreamCore, connection: QUICConnection?) {
         self.core = core
         self.connection = connection
+        self.isUnidirectional = core.isUnidirectional
     }
 
     deinit {
         let core = self.core
         let needsRelease = core.shared.state.withLock { s -> Bool in
             s.released = true
-            return !(s.fin && s.head == s.chunks.count && s.consumed == 0 && !s.creditPending) || s.error != nil
-                || !s.writeFinished
+            let fullyRead = s.fin && s.head == s.chunks.count && s.consumed == 0 && !s.creditPending && s.error == nil
+            return !fullyRead || !s.writeFinished
         }
-        guard needsRelease else { return }
+        guard needsRelease || core.isRemote else { return }
         let connection = core.connection
         connection.endpoint.submit {
+            core.releasedByApplication = true
+            defer { core.returnStreamCreditIfDone() }
             let (unread, finished) = core.shared.state.withLock { s -> (UInt64, Bool) in
                 let n = s.buffered + s.consumed
                 s.buffered = 0
@@ -42,10 +46,11 @@ public final class QUICStream: Sendable {
             }
             guard let conn = connection.conn, connection.state == .established else { return }
             if unread > 0 { connection.extendCredit(stream: -1, bytes: unread) }
-            if core.canReceive && !finished && connection.streams[core.id] != nil {
+            guard connection.streams[core.id] != nil else { return }
+            if core.canReceive && !finished {
                 _ = ngtcp2_conn_shutdown_stream_read(conn, core.id, 0)
             }
-            if core.canSend && !core.finQueued && core.sendError == nil && connection.streams[core.id] != nil {
+            if core.canSend && !core.finQueued && core.sendError == nil {
                 _ = ngtcp2_conn_shutdown_stream_write(conn, core.id, 0)
             }
             connection.endpoint.markDirty(connection)

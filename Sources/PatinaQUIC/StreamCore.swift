@@ -21,8 +21,12 @@ final class StreamCore: @unchecked Sendable {
     let id: Int64
     unowned let connection: ConnectionCore
     let shared: StreamShared
-    let canSend: Bool
-    let canReceive: Bool
+    var canSend: Bool
+    var canReceive: Bool
+    /// A peer-opened Patina stream whose kind byte has not arrived yet (see `StreamKind`).
+    var awaitingKind = false
+    /// What the application sees: a Patina "uni" stream travels on a QUIC bidirectional stream.
+    var isUnidirectional: Bool
 
     private var chunks: [Chunk] = []
     private var head = 0
@@ -35,6 +39,11 @@ final class StreamCore: @unchecked Sendable {
     var inSendQueue = false
     var blocked = false
     var sendError: QUICError?
+    /// A peer-opened stream counts against the peer's stream limit until ngtcp2 has closed it
+    /// AND the application has released it; then the peer may open one more (RFC 9000 §4.6).
+    let isRemote: Bool
+    var closedByTransport = false
+    var releasedByApplication = false
     /// Writers suspended until `ackedOffset` reaches their threshold.
     private var writers: [(threshold: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
 
@@ -42,9 +51,30 @@ final class StreamCore: @unchecked Sendable {
         self.id = id
         self.connection = connection
         self.shared = StreamShared()
+        self.isRemote = !local
         canSend = bidirectional || local
         canReceive = bidirectional || !local
+        isUnidirectional = !bidirectional
         if !canReceive { shared.state.withLock { $0.fin = true } }
+    }
+
+    /// Makes this the receiving end of a Patina uni stream: it never sends data, so its
+    /// FIN goes out at once and the QUIC stream closes when the sender's data is all in.
+    func becomeReceiveOnly() {
+        canSend = false
+        isUnidirectional = true
+        finQueued = true
+        shared.state.withLock { $0.writeFinished = true }
+        connection.enqueue(self)
+    }
+
+    /// Queues transport bytes (the kind byte) ahead of any application data.
+    func queueHeader(_ byte: UInt8) {
+        let base = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+        base.pointee = byte
+        chunks.append(Chunk(base: base, offset: queuedOffset, count: 1))
+        queuedOffset += 1
+        connection.enqueue(self)
     }
 
     deinit {
@@ -52,7 +82,7 @@ final class StreamCore: @unchecked Sendable {
     }
 
     var isWriteDone: Bool { writtenOffset == queuedOffset && (!finQueued || finWritten) }
-    var isSendSettled: Bool { !canSend || sendError != nil || (ackedOffset == queuedOffset && (!finQueued || finAcked || finWritten)) }
+    var isSendSettled: Bool { (!canSend && finWritten) || sendError != nil || (ackedOffset == queuedOffset && (!finQueued || finAcked || finWritten)) }
 
     // MARK: Send side (loop thread)
 
@@ -61,7 +91,7 @@ final class StreamCore: @unchecked Sendable {
             continuation.resume(throwing: sendError)
             return
         }
-        guard canSend, !finQueued else {
+        guard canSend, !finQueued || (bytes.isEmpty && fin) else {
             continuation.resume(throwing: QUICError(.protocolViolation, "stream \(id) is not writable"))
             return
         }
@@ -130,7 +160,20 @@ final class StreamCore: @unchecked Sendable {
     }
 
     /// The stream is gone from ngtcp2: everything was delivered, or it was reset.
+    func returnStreamCreditIfDone() {
+        guard isRemote, releasedByApplication, let conn = connection.conn else { return }
+        let quicUni = id & 0x2 != 0
+        // ngtcp2 0.12.1 never closes a peer-opened QUIC uni stream (fixed upstream in 1d591bde,
+        // v0.13), so for those the application's release alone returns the credit.
+        guard closedByTransport || quicUni else { return }
+        releasedByApplication = false  // once
+        if quicUni { ngtcp2_conn_extend_max_streams_uni(conn, 1) } else { ngtcp2_conn_extend_max_streams_bidi(conn, 1) }
+        connection.endpoint.markDirty(connection)
+    }
+
     func closed(appErrorCode: UInt64, normally: Bool) {
+        closedByTransport = true
+        returnStreamCreditIfDone()
         if !isSendSettled {
             failSend(QUICError(.streamReset, "stream \(id) closed", errorCode: appErrorCode))
         } else {
@@ -204,4 +247,15 @@ final class StreamShared: Sendable {
             if finished { reader.resume(returning: nil) } else { reader.resume(throwing: error) }
         }
     }
+}
+
+/// The first byte of every stream a Patina endpoint opens (part of the `patina/1` wire format).
+///
+/// Patina's unidirectional streams travel on QUIC bidirectional streams: ngtcp2 0.12.1, the
+/// version Debian bookworm ships, never closes a QUIC uni stream opened by the peer (fixed
+/// upstream in v0.13, commit 1d591bde), so each one would leak its state and its stream credit.
+/// On a bidirectional stream the receiver answers with a bare FIN and both ends close normally.
+enum StreamKind: UInt8, Sendable {
+    case bidirectional = 0x00
+    case unidirectional = 0x01
 }

@@ -59,7 +59,11 @@ func pattern(_ seed: Int, count: Int) -> [UInt8] {
 @Suite("QUIC streams and datagrams", .timeLimit(.minutes(2)))
 struct StreamClusterTests {
     @Test func thousandSmallMessagesOnUniStreams() async throws {
-        let pair = try await Pair.make()
+        // A low stream limit: the 1000 streams only pass if released streams return their credit.
+        let pair = try await Pair.make {
+            $0.maxIncomingUniStreams = 8
+            $0.maxIncomingBidiStreams = 8
+        }
         let count = 1000
         let received = Task { () -> [Int: [UInt8]] in
             var got: [Int: [UInt8]] = [:]
@@ -176,6 +180,41 @@ struct StreamClusterTests {
         echo.cancel()
     }
 
+    @Test func slowReaderBoundsTheWriter() async throws {
+        let pair = try await Pair.make()
+        let stream = try await pair.clientSide.openBiStream()
+        let progress = Progress()
+        let total = 32 * 1024 * 1024
+        let writer = Task {
+            let block = pattern(3, count: 64 * 1024)
+            var sent = 0
+            while sent < total {
+                try await stream.write(block)
+                sent += block.count
+                await progress.set(sent)
+            }
+            try await stream.finish()
+        }
+        var incoming = pair.serverSide.incomingStreams.makeAsyncIterator()
+        let serverStream = try #require(await incoming.next())
+        // Nobody reads: the writer must stall near window + send buffer, not run to 32 MiB.
+        let bound = 256 * 1024 + 1024 * 1024 + 64 * 1024 * 2
+        #expect(await eventually { await progress.value >= 1024 * 1024 })
+        try await Task.sleep(for: .milliseconds(500))
+        let stalled = await progress.value
+        #expect(stalled <= bound, "writer got \(stalled) bytes ahead of a reader that reads nothing")
+        // Reading releases it, and everything arrives.
+        var received = 0
+        try await withDeadline(.seconds(60)) {
+            var n = 0
+            while let chunk = try await serverStream.read() { n += chunk.count }
+            return n
+        }.map { received = $0 }
+        try await writer.value
+        #expect(received == total)
+        await pair.shutdown()
+    }
+
     @Test func datagramsUpToTheNegotiatedMaximum() async throws {
         let pair = try await Pair.make()
         let max = try #require(await pair.clientSide.maxDatagramPayloadSize())
@@ -263,4 +302,13 @@ struct StreamClusterTests {
         echo.cancel()
         await pair.shutdown()
     }
+}
+
+actor Progress {
+    var value = 0
+    func set(_ v: Int) { value = v }
+}
+
+extension Int {
+    func map(_ f: (Int) -> Void) { f(self) }
 }
