@@ -164,6 +164,8 @@ import Testing
         // A new node from the backup: same data, its own identity.
         let fresh = try Node()
         defer { try? FileManager.default.removeItem(atPath: fresh.dir) }
+        // Its schema files match the backed-up node's (else start-up refuses the dropped table).
+        try FileManager.default.copyItem(atPath: node.dir + "/schema/t.sql", toPath: fresh.dir + "/schema/t.sql")
         let (restoreStatus, _, restoreErr) = try Self.cli(["restore", backup, "--config", fresh.configPath])
         #expect(restoreStatus == 0, "\(restoreErr)")
         let second = try Self.startAgent(fresh)
