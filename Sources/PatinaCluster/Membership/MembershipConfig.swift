@@ -47,6 +47,10 @@ public struct MembershipConfig: Sendable, Hashable {
     /// At most this many bootstrap addresses are announced to at once.
     public var announceFanout: Int = 3
 
+    /// For this long after a member goes down, about one probe in four also sends it
+    /// its down status, so a member that is in fact alive refutes soon.
+    public var deadGossipWindow: Duration = .seconds(30)
+
     /// A down member is forgotten this long after it went down (Corrosion: 2 days).
     public var downRemovalAfter: Duration = .seconds(48 * 3600)
 

@@ -87,6 +87,8 @@ public struct MembershipState: Sendable {
     private var liveCount = 0  // alive + suspect, excluding myself
     private var suspects: Set<ActorID> = []
     private var downIDs: Set<ActorID> = []
+    /// Members that went down within `deadGossipWindow`, in order.
+    private var recentlyDown: [(id: ActorID, since: UInt64)] = []
     private var probeOrder: [ActorID] = []
     private var probeIndex = 0
     private var probe: Probe?
@@ -114,6 +116,7 @@ public struct MembershipState: Sendable {
     private let announceIntervalUs: UInt64
     private let rejoinIntervalUs: UInt64
     private let downRemovalUs: UInt64
+    private let deadGossipUs: UInt64
 
     /// - Parameters:
     ///   - myself: this node; its address and region MUST be at most 255 UTF-8 bytes.
@@ -134,6 +137,7 @@ public struct MembershipState: Sendable {
         announceIntervalUs = max(1, config.announceInterval.membershipMicros)
         rejoinIntervalUs = max(1, config.rejoinInterval.membershipMicros)
         downRemovalUs = config.downRemovalAfter.membershipMicros
+        deadGossipUs = config.deadGossipWindow.membershipMicros
     }
 
     // MARK: Queries
@@ -398,6 +402,7 @@ public struct MembershipState: Sendable {
             records[id]!.suspicion = nil
             records[id]!.downSince = now
             downIDs.insert(id)
+            recentlyDown.append((id, now))
             liveCount -= 1
             if probe?.target == id { probe = nil }
         }
@@ -442,6 +447,7 @@ public struct MembershipState: Sendable {
         // A probe still waiting for its indirect acks delays the next one (no overlap).
         if probe == nil, now >= nextProbeAt {
             startProbe(now: now, into: &out)
+            gossipToTheDead(now: now, into: &out)
             nextProbeAt += probeIntervalUs
             if nextProbeAt <= now { nextProbeAt = now + probeIntervalUs }
         }
@@ -529,6 +535,17 @@ public struct MembershipState: Sendable {
         if records[id]?.status == .suspect {
             out.append(.send(compose(.gossip, to: id), to: r.address))
         }
+    }
+
+    /// Now and then, tell a recently-down member that it is down: if it is in fact
+    /// alive (a healed partition, a long pause) it refutes at once instead of waiting
+    /// for an announce (memberlist's "gossip to the dead").
+    private mutating func gossipToTheDead(now: UInt64, into out: inout [MembershipDirective]) {
+        guard !recentlyDown.isEmpty else { return }
+        recentlyDown.removeAll { now >= $0.since + deadGossipUs || records[$0.id]?.status != .down }
+        guard !recentlyDown.isEmpty, UInt64.random(in: 0..<4, using: &rng) == 0 else { return }
+        let id = recentlyDown[Int.random(in: 0..<recentlyDown.count, using: &rng)].id
+        out.append(.send(compose(.gossip, to: id), to: records[id]!.address))
     }
 
     private mutating func expireSuspicions(now: UInt64, into out: inout [MembershipDirective]) {
