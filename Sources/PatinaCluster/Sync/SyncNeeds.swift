@@ -33,6 +33,8 @@ extension SyncState {
     /// there (a store serves complete versions only; cleared ones go out as
     /// `.cleared`). Pure: the server runs it on the client's state and its own.
     public static func needs(local: SyncState, remote: SyncState) -> [SyncNeed] {
+        let local = local.sanitized()
+        let remote = remote.sanitized()
         var result: [SyncNeed] = []
         for actor in remote.heads.keys.sorted() {
             let servable = remote.servable(actor)
@@ -65,6 +67,41 @@ extension SyncState {
             result += items.map(\.1)
         }
         return result
+    }
+
+    /// Largest version and seq a peer's state may name; anything beyond is
+    /// clipped, so range arithmetic cannot overflow.
+    static let maxVersion: Int64 = 1 << 62
+    static let maxSeq: Int64 = 1 << 40
+    /// Per-actor bound on need ranges and partial versions, and on seq ranges
+    /// per partial: a hostile state cannot buy quadratic work. What is cut
+    /// is asked for again next round.
+    static let maxRangesPerActor = 10_000
+    static let maxSeqRanges = 1_000
+
+    /// This state with every number clipped to sane bounds and every list cut
+    /// to its limit (states come from the network).
+    public func sanitized() -> SyncState {
+        func clip(_ r: ClosedRange<Int64>, _ lo: Int64, _ hi: Int64) -> ClosedRange<Int64>? {
+            let l = max(r.lowerBound, lo), u = min(r.upperBound, hi)
+            return l <= u ? l...u : nil
+        }
+        var s = SyncState(actor: actor)
+        for (a, h) in heads where h > 0 { s.heads[a] = min(h, Self.maxVersion) }
+        for (a, ranges) in need {
+            let clipped = ranges.prefix(Self.maxRangesPerActor).compactMap { clip($0, 1, Self.maxVersion) }
+            if !clipped.isEmpty { s.need[a] = clipped }
+        }
+        for (a, versions) in partials {
+            var kept: [Int64: PartialVersion] = [:]
+            for (v, p) in versions where v >= 1 && v <= Self.maxVersion && p.lastSeq >= 0 && p.lastSeq <= Self.maxSeq {
+                guard kept.count < Self.maxRangesPerActor else { break }
+                kept[v] = PartialVersion(seqs: p.seqs.prefix(Self.maxSeqRanges).compactMap { clip($0, 0, p.lastSeq) },
+                                         lastSeq: p.lastSeq)
+            }
+            if !kept.isEmpty { s.partials[a] = kept }
+        }
+        return s
     }
 
     /// True when `remote` holds versions this node lacks, judging by heads only
