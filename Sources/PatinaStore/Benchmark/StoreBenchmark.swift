@@ -118,3 +118,26 @@ public struct StoreBenchmark: Sendable {
         var description: String { "benchmark failed: \(message)" }
     }
 }
+
+/// Plain SQLite with the store's settings, for side-by-side baselines.
+public final class PlainSQLite {
+    let db: SQLiteConnection
+    let insert: SQLiteStatement
+
+    public init(path: String) throws {
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        db = try SQLiteConnection(path: path)
+        try db.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        try db.execute(StoreBenchmark.schema)
+        insert = try db.prepare(StoreBenchmark.insert)
+    }
+
+    /// One single-row insert in a transaction of its own.
+    public func insertInOwnTransaction(_ i: Int) throws {
+        try db.execute("BEGIN IMMEDIATE")
+        insert.reset()
+        try insert.bind([.integer(Int64(i)), .text("name-\(i)"), .integer(Int64(i * 7))])
+        try insert.step()
+        try db.execute("COMMIT")
+    }
+}
