@@ -36,11 +36,11 @@ import Testing
     @Test func manualTicksDriveRetransmissionAndSends() async throws {
         let clock = ManualNow()
         let transport = RecordingTransport(failing: ["dead"])
-        let shell = BroadcastShell(localActor: testActor(1), seed: 5, transport: transport, now: clock.closure) { _ in }
+        let shell = BroadcastShell(localActor: clusterTestActor(1), seed: 5, transport: transport, now: clock.closure) { _ in }
         var members = (1...12).map { BroadcastMember(id: "n\($0)", rtt: .milliseconds($0)) }
         members.append(BroadcastMember(id: "dead", rtt: .microseconds(10)))
         await shell.membersChanged(members)
-        let cs = makeChangeset(testActor(1), version: 1)
+        let cs = makeChangeset(clusterTestActor(1), version: 1)
         await shell.localCommit([cs])
         #expect(await shell.pendingSendCount > 0, "decided at once, no batching window")
         #expect(await shell.nextTickAt == .milliseconds(100))
@@ -61,7 +61,7 @@ import Testing
     }
 
     @Test func malformedStreamsAreDroppedAndCounted() async throws {
-        let shell = BroadcastShell(localActor: testActor(1), seed: 1, transport: RecordingTransport()) { _ in
+        let shell = BroadcastShell(localActor: clusterTestActor(1), seed: 1, transport: RecordingTransport()) { _ in
             Issue.record("nothing may be applied")
         }
         await #expect(throws: WireError.self) { try await shell.received(streamBytes: [0, 0, 0, 2, 0x01, 0xff], from: "x") }

@@ -4,8 +4,8 @@ import Testing
 
 /// The broadcast state machine alone, driven synchronously with a manual clock.
 @Suite struct BroadcastStateMachineTests {
-    let me = testActor(1)
-    let other = testActor(2)
+    let me = clusterTestActor(1)
+    let other = clusterTestActor(2)
 
     func machine(_ members: [BroadcastMember], seed: UInt64 = 1, configure: (inout BroadcastConfig) -> Void = { _ in })
         -> BroadcastStateMachine

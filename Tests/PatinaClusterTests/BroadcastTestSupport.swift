@@ -2,7 +2,7 @@
 import PatinaCore
 
 /// Deterministic actor ids for tests.
-func testActor(_ n: UInt8) -> ActorID {
+func clusterTestActor(_ n: UInt8) -> ActorID {
     ActorID(bytes: [n] + [UInt8](repeating: 0, count: 14) + [n &+ 1])!
 }
 

@@ -121,7 +121,7 @@ import Testing
         let dir = SyncTempDir()
         let store = try makeSyncStore(dir, "b.db")
         let shell = SyncShell(store: store, seed: 1) { _ in Issue.record("nothing may be applied") }
-        let peer = testActor(9)
+        let peer = clusterTestActor(9)
         let state = WireMessage.syncState(SyncState(actor: peer, heads: [peer: 5])).encodeFrame()
         var good = WireMessage.syncChangesets([makeChangeset(peer, version: 1)]).encodeFrame()
         let reply: [UInt8]

@@ -4,9 +4,9 @@ import Testing
 
 /// Need computation and sync scheduling, pure and instant.
 @Suite struct SyncStateMachineTests {
-    let a = testActor(1)
-    let b = testActor(2)
-    let c = testActor(3)
+    let a = clusterTestActor(1)
+    let b = clusterTestActor(2)
+    let c = clusterTestActor(3)
 
     // MARK: needs(local:remote:)
 

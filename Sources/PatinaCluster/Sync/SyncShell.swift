@@ -169,9 +169,9 @@ public actor SyncShell {
         let apply = self.apply
         let local = try await localState()
         do {
-            return try await withTimeout(config.sessionTimeout) {
+            return try await withSyncTimeout(config.sessionTimeout) {
                 var report = SyncSessionReport(peer: peer)
-                try await withTimeout(config.ioTimeout) {
+                try await withSyncTimeout(config.ioTimeout) {
                     try await stream.write(WireMessage.syncState(local).encodeFrame())
                     try await stream.finish()
                 }
@@ -221,7 +221,7 @@ public actor SyncShell {
         var report = SyncServeReport()
         guard machine.acceptIncoming() else {
             report.busy = true
-            try? await withTimeout(config.ioTimeout) {
+            try? await withSyncTimeout(config.ioTimeout) {
                 try await stream.write(WireMessage.syncBusy.encodeFrame())
                 try await stream.finish()
             }
@@ -257,7 +257,7 @@ public actor SyncShell {
                 try await write(.syncChangesets(last), to: stream)
             }
             try await write(.syncDone, to: stream)
-            try await withTimeout(config.ioTimeout) { try await stream.finish() }
+            try await withSyncTimeout(config.ioTimeout) { try await stream.finish() }
             return report
         } catch {
             let e: SyncError =
@@ -266,7 +266,7 @@ public actor SyncShell {
                 case let e as WireError: SyncError(.malformed(e))
                 default: SyncError(.protocolViolation("\(error)"))
                 }
-            try? await withTimeout(.seconds(1)) {
+            try? await withSyncTimeout(.seconds(1)) {
                 try await stream.write(WireMessage.syncAbort(e.description).encodeFrame())
                 try await stream.finish()
             }
@@ -288,7 +288,7 @@ public actor SyncShell {
 
     private func write(_ m: WireMessage, to stream: any SyncStream) async throws {
         let bytes = m.encodeFrame()
-        try await withTimeout(config.ioTimeout) { try await stream.write(bytes) }
+        try await withSyncTimeout(config.ioTimeout) { try await stream.write(bytes) }
     }
 
     /// The changesets answering one need, read from the store in bounded steps.
@@ -392,7 +392,7 @@ struct FrameReader {
         while ready.isEmpty {
             if ended { return nil }
             let stream = self.stream
-            let chunk = try await withTimeout(timeout) { try await stream.read() }
+            let chunk = try await withSyncTimeout(timeout) { try await stream.read() }
             if let chunk {
                 ready += try decoder.feed(chunk)
             } else {
@@ -405,7 +405,7 @@ struct FrameReader {
 }
 
 /// Runs `body`, throwing ``SyncError/timeout`` if it takes longer than `limit`.
-func withTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+func withSyncTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in
         group.addTask { try await body() }
         group.addTask {
