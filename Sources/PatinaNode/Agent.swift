@@ -4,6 +4,7 @@ import Logging
 import Metrics
 import PatinaAPI
 import PatinaCerts
+import PatinaCluster
 import PatinaCore
 import PatinaStore
 import Prometheus
@@ -46,6 +47,8 @@ public struct Agent: Sendable {
         let access = try StoreAccess(store: store)
         var hooks = APIHooks()
         hooks.health = { HealthFigures(members: 0, p99LagSeconds: 0, queueSize: 0) }
+        let cluster = try makeCluster(store: store)
+        Self.wire(&hooks, to: cluster)
         let api = PatinaAPI(access: access, config: APIConfig(bearerToken: config.api.bearerToken), hooks: hooks)
 
         try Self.checkBindable(config.api.addr, key: "api.addr")
@@ -70,9 +73,11 @@ public struct Agent: Sendable {
         }
 
         if let path = config.adminPath {
-            services.append(try adminApp(path: path, store: store, access: access))
+            services.append(try adminApp(path: path, store: store, access: access, cluster: cluster))
         }
         services.append(SubscriptionSweeper(manager: api.subscriptions))
+        // First in the group, so it shuts down last (after the API stopped taking writes).
+        if let cluster { services.insert(ClusterService(node: cluster), at: 0) }
 
         var groupConfig = ServiceGroupConfiguration(
             services: services.map { .init(service: $0) },
@@ -115,7 +120,7 @@ public struct Agent: Sendable {
 
     /// The admin socket: reload the schema, back up, list members. Plain HTTP over
     /// a Unix socket, readable only by the node's user.
-    func adminApp(path: String, store: Store, access: StoreAccess) throws -> some Service {
+    func adminApp(path: String, store: Store, access: StoreAccess, cluster: ClusterNode? = nil) throws -> some Service {
         let directory = (path as NSString).deletingLastPathComponent
         if !directory.isEmpty { try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         if FileManager.default.fileExists(atPath: path) {
@@ -144,7 +149,7 @@ public struct Agent: Sendable {
             }
         }
         router.get("/cluster/members") { _, _ -> Response in
-            Self.json("{\"members\":[]}")
+            Self.json(await Self.membersJSON(cluster))
         }
         router.get("/ping") { _, _ -> Response in Self.json("{\"actor_id\":\"\(store.actorID)\"}") }
         return Application(
