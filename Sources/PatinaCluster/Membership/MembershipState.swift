@@ -95,6 +95,11 @@ public struct MembershipState: Sendable {
     private var relays: [UInt32: Relay] = [:]
     private var nextSequence: UInt32 = 0
     private var gossip = GossipQueue()
+    /// Set while handling a message that said this node is down.
+    private var refutedDown = false
+    /// Set while handling a message that said this node is suspect or down at an
+    /// incarnation it already refuted.
+    private var senderHoldsOldNewsAboutUs = false
 
     private var started = false
     private var nextProbeAt: UInt64 = 0
@@ -256,7 +261,9 @@ public struct MembershipState: Sendable {
         // so of it): whatever we send it next carries the correction, so make sure
         // something goes back even when the message asks for no answer.
         var correctSender =
-            myself.incarnation != incarnationBefore || (records[sender.id].map { $0.status != .alive } ?? false)
+            myself.incarnation != incarnationBefore || senderHoldsOldNewsAboutUs
+            || (records[sender.id].map { $0.status != .alive } ?? false)
+        senderHoldsOldNewsAboutUs = false
 
         switch message.body {
         case .ping(let seq):
@@ -292,7 +299,12 @@ public struct MembershipState: Sendable {
         case .snapshot, .gossip:
             break
         }
-        if correctSender {
+        if refutedDown {
+            // Whoever thought us down stopped gossiping to us, so we likely missed news:
+            // announce, which corrects the sender and brings back its full snapshot.
+            refutedDown = false
+            out.append(.send(compose(.announce, to: sender.id), to: sender.address))
+        } else if correctSender {
             out.append(.send(compose(.gossip, to: sender.id), to: sender.address))
         }
         tickWork(now: now, into: &out)
@@ -422,7 +434,12 @@ public struct MembershipState: Sendable {
         guard !hasLeft else { return }
         let stale =
             update.status == .alive ? update.incarnation > myself.incarnation : update.incarnation >= myself.incarnation
-        guard stale else { return }
+        guard stale else {
+            // Old news about us (we refuted it already): the sender still believes it.
+            if update.status != .alive { senderHoldsOldNewsAboutUs = true }
+            return
+        }
+        if update.status == .down { refutedDown = true }
         myself.incarnation = update.incarnation + 1
         gossip.enqueue(
             MemberUpdate(
