@@ -54,6 +54,9 @@ public struct PatinaAPI: Sendable {
         let updates = self.updates
         // Listeners run under the store's lock: hand the event on, nothing more.
         access.store.addListener { event in
+            let rows = event.rows.values.reduce(0) { $0 + $1.count }
+            Counter(label: "patina_rows_changed_total", dimensions: [("source", event.source == .remote ? "remote" : "local")])
+                .increment(by: rows)
             updates.publish(event)
             Task { await subscriptions.committed(tables: Set(event.rows.keys)) }
         }
