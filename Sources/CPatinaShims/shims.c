@@ -143,6 +143,11 @@ int patina_udp_bind(const struct sockaddr *addr, socklen_t addrlen) {
     int size = 8 * 1024 * 1024;
     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
     setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+    int on = 1; // receive coalesced datagrams where the kernel supports it (Linux >= 5.0)
+    setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on));
     if (bind(fd, addr, addrlen) != 0) {
         int err = errno;
         close(fd);
@@ -158,6 +163,37 @@ ssize_t patina_udp_recv(int fd, uint8_t *buf, size_t buflen, struct sockaddr_sto
         if (n >= 0) return n;
         if (errno == EINTR) continue;
         return -errno;
+    }
+}
+
+ssize_t patina_udp_recv_gro(int fd, uint8_t *buf, size_t buflen, struct sockaddr_storage *from, socklen_t *fromlen,
+                            size_t *segment) {
+    struct iovec iov = {buf, buflen};
+    char control[CMSG_SPACE(sizeof(int))];
+    struct msghdr msg;
+    *segment = 0;
+    for (;;) {
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_name = from;
+        msg.msg_namelen = sizeof(*from);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof(control);
+        ssize_t n = recvmsg(fd, &msg, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        *fromlen = msg.msg_namelen;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                int seg;
+                memcpy(&seg, CMSG_DATA(cm), sizeof(seg));
+                if (seg > 0 && (ssize_t)seg < n) *segment = (size_t)seg;
+            }
+        }
+        return n;
     }
 }
 

@@ -47,10 +47,11 @@ extension ConnectionCore {
                 if length > 0 { ngtcp2_conn_extend_max_offset(conn, UInt64(length)) }
                 return 0
             }
-            let handed = stream.shared.deliver(data, length, fin: fin)
-            if handed > 0 {
-                _ = ngtcp2_conn_extend_max_stream_offset(conn, streamID, handed)
-                ngtcp2_conn_extend_max_offset(conn, handed)
+            switch stream.shared.deliver(data, length, fin: fin) {
+            case .stored: break
+            case .wakeReader: c.endpoint.pendingWakes.append(stream)
+            case .discarded(let bytes):
+                if bytes > 0 { ngtcp2_conn_extend_max_offset(conn, bytes) }
             }
             return 0
         }

@@ -39,7 +39,7 @@ final class ConnectionCore: @unchecked Sendable {
     var connectionBlocked: [StreamCore] = []
     var datagrams: [[UInt8]] = []
     var datagramWaiters: [CheckedContinuation<Void, any Error>] = []
-    var openWaiters: [(kind: StreamKind, continuation: CheckedContinuation<QUICStream, any Error>)] = []
+    var openWaiters: [(kind: StreamKind, opened: (Result<StreamCore, QUICError>) -> Void)] = []
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
     var nextDatagramID: UInt64 = 0
 
@@ -562,8 +562,9 @@ final class ConnectionCore: @unchecked Sendable {
         datagrams.removeAll()
         for w in datagramWaiters { w.resume(throwing: error) }
         datagramWaiters.removeAll()
-        for w in openWaiters { w.continuation.resume(throwing: error) }
+        let waiting = openWaiters
         openWaiters = []
+        for w in waiting { w.opened(.failure(error)) }
         for w in drainWaiters { w.resume() }
         drainWaiters.removeAll()
         events.finish(error)
@@ -600,47 +601,41 @@ final class ConnectionCore: @unchecked Sendable {
     // MARK: Streams
 
     /// Opens a Patina stream. Both kinds travel on QUIC bidirectional streams whose first byte
-    /// is the kind; see `StreamKind` for why.
+    /// is the kind; see `StreamKind` for why. Waits (FIFO) while the peer's stream limit is reached.
+    func openStream(kind: StreamKind, opened: @escaping (Result<StreamCore, QUICError>) -> Void) {
+        guard conn != nil, state == .established else {
+            opened(.failure(closeError ?? QUICError(.closedLocally, "connection not open")))
+            return
+        }
+        openWaiters.append((kind, opened))
+        streamCreditArrived(bidirectional: true)
+    }
+
     func openStream(kind: StreamKind, _ continuation: CheckedContinuation<QUICStream, any Error>) {
-        guard let conn, state == .established else {
-            continuation.resume(throwing: closeError ?? QUICError(.closedLocally, "connection not open"))
-            return
+        openStream(kind: kind) { [weak self] result in
+            switch result {
+            case .success(let stream): continuation.resume(returning: QUICStream(core: stream, connection: self?.handle))
+            case .failure(let error): continuation.resume(throwing: error)
+            }
         }
-        if !openWaiters.isEmpty {
-            openWaiters.append((kind, continuation))
-            return
-        }
-        var id: Int64 = -1
-        let rv = ngtcp2_conn_open_bidi_stream(conn, &id, nil)
-        if rv == NGTCP2_ERR_STREAM_ID_BLOCKED {
-            openWaiters.append((kind, continuation))
-            return
-        }
-        if rv != 0 {
-            continuation.resume(throwing: QUICError(.protocolViolation, String(cString: ngtcp2_strerror(rv))))
-            return
-        }
-        let stream = StreamCore(id: id, connection: self, local: true, bidirectional: kind == .bidirectional)
-        stream.queueHeader(kind.rawValue)
-        streams[id] = stream
-        endpoint.markDirty(self)
-        continuation.resume(returning: QUICStream(core: stream, connection: handle))
     }
 
     func streamCreditArrived(bidirectional: Bool) {
         guard bidirectional, let conn else { return }
-        while !openWaiters.isEmpty && ngtcp2_conn_get_streams_bidi_left(conn) > 0 {
-            let (kind, continuation) = openWaiters.removeFirst()
+        while !openWaiters.isEmpty {
             var id: Int64 = -1
-            guard ngtcp2_conn_open_bidi_stream(conn, &id, nil) == 0 else {
-                openWaiters.insert((kind, continuation), at: 0)
-                return
+            let rv = ngtcp2_conn_open_bidi_stream(conn, &id, nil)
+            if rv == NGTCP2_ERR_STREAM_ID_BLOCKED { return }
+            let (kind, opened) = openWaiters.removeFirst()
+            if rv != 0 {
+                opened(.failure(QUICError(.protocolViolation, String(cString: ngtcp2_strerror(rv)))))
+                continue
             }
             let stream = StreamCore(id: id, connection: self, local: true, bidirectional: kind == .bidirectional)
             stream.queueHeader(kind.rawValue)
             streams[id] = stream
             endpoint.markDirty(self)
-            continuation.resume(returning: QUICStream(core: stream, connection: handle))
+            opened(.success(stream))
         }
     }
 

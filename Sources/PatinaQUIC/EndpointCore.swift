@@ -112,6 +112,19 @@ final class EndpointCore: @unchecked Sendable {
 
     var now: UInt64 { patina_monotonic_ns() }
 
+    /// Streams that got data while their reader waited. Readers are woken once per batch of
+    /// packets rather than once per packet: a bulk receiver then takes many packets' worth in
+    /// one chunk, and the cooperative pool sees one job instead of dozens.
+    var pendingWakes: [StreamCore] = []
+
+    private func wakeReaders() {
+        while !pendingWakes.isEmpty {
+            let list = pendingWakes
+            pendingWakes.removeAll(keepingCapacity: true)
+            for stream in list { stream.wakeReader() }
+        }
+    }
+
     func markDirty(_ connection: ConnectionCore) {
         if !connection.isDirty {
             connection.isDirty = true
@@ -130,6 +143,7 @@ final class EndpointCore: @unchecked Sendable {
             }
             for command in batch { command() }
             readPackets()
+            wakeReaders()
             handleTimers()
             flushDirty()
             if !running { break }
@@ -196,9 +210,10 @@ final class EndpointCore: @unchecked Sendable {
     private func readPackets() {
         var from = sockaddr_storage()
         var fromLength: socklen_t = 0
+        var segment = 0
         // A bounded batch keeps commands and timers responsive under a flood.
         for _ in 0..<512 {
-            let n = patina_udp_recv(fd, receiveBuffer, Self.receiveBufferSize, &from, &fromLength)
+            let n = patina_udp_recv_gro(fd, receiveBuffer, Self.receiveBufferSize, &from, &fromLength, &segment)
             if n < 0 {
                 if n != -Int(EAGAIN) && n != -Int(EWOULDBLOCK) {
                     logger.debug("recvfrom failed", metadata: ["errno": "\(-n)"])
@@ -207,7 +222,16 @@ final class EndpointCore: @unchecked Sendable {
             }
             withUnsafePointer(to: &from) { p in
                 p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                    handlePacket(receiveBuffer, Int(n), from: sa, fromLength)
+                    if segment == 0 {
+                        handlePacket(receiveBuffer, Int(n), from: sa, fromLength)
+                    } else {
+                        var offset = 0
+                        while offset < n {
+                            let length = min(segment, n - offset)
+                            handlePacket(receiveBuffer + offset, length, from: sa, fromLength)
+                            offset += length
+                        }
+                    }
                 }
             }
         }

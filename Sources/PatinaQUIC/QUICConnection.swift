@@ -34,6 +34,29 @@ public final class QUICConnection: Sendable {
     /// Opens a unidirectional (send-only) stream; suspends while the peer's stream limit is reached.
     public func openUniStream() async throws -> QUICStream { try await open(.unidirectional) }
 
+    /// Sends `bytes` as one whole unidirectional stream (open, write, FIN) in a single step:
+    /// the cheapest way to send a message. Returns once the bytes are queued, with the same
+    /// backpressure as `QUICStream.write`.
+    public func sendUniStream(_ bytes: [UInt8]) async throws {
+        let core = self.core
+        let handle = self
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            let ok = core.endpoint.submit {
+                core.openStream(kind: .unidirectional, opened: { result in
+                    switch result {
+                    case .success(let stream):
+                        stream.write(bytes, fin: true, limit: core.endpoint.config.streamSendBuffer, c)
+                        stream.shared.state.withLock { $0.writeFinished = true }
+                    case .failure(let error):
+                        c.resume(throwing: error)
+                    }
+                })
+                _ = handle
+            }
+            if !ok { c.resume(throwing: QUICError(.endpointClosed, "")) }
+        }
+    }
+
     private func open(_ kind: StreamKind) async throws -> QUICStream {
         let core = self.core
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<QUICStream, any Error>) in

@@ -93,7 +93,8 @@ public final class QUICStream: Sendable {
                 }
                 s.buffered -= UInt64(chunk.count)
                 s.consumed += UInt64(chunk.count)
-                if !s.creditPending {
+                // The last chunk's credit rides on the release at deinit: one loop trip less per message.
+                if !s.creditPending && !(s.fin && s.head == s.chunks.count) {
                     s.creditPending = true
                     postCredit = true
                 }
@@ -123,7 +124,8 @@ public final class QUICStream: Sendable {
                     }
                     s.buffered -= UInt64(chunk.count)
                     s.consumed += UInt64(chunk.count)
-                    if !s.creditPending {
+                    // The last chunk's credit rides on the release at deinit: one loop trip less per message.
+                    if !s.creditPending && !(s.fin && s.head == s.chunks.count) {
                         s.creditPending = true
                         postCredit = true
                     }

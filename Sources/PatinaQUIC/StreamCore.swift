@@ -147,6 +147,34 @@ final class StreamCore: @unchecked Sendable {
         connection.checkDrained()
     }
 
+    /// Loop thread: hands the waiting reader its next chunk (or the end), and returns that
+    /// chunk's flow-control credit to the peer right away.
+    func wakeReader() {
+        let (reader, value, taken): (CheckedContinuation<[UInt8]?, any Error>?, [UInt8]?, UInt64) = shared.state.withLock { s in
+            s.wakeScheduled = false
+            guard let reader = s.reader else { return (nil, nil, 0) }
+            if s.head < s.chunks.count {
+                s.reader = nil
+                let chunk = s.chunks[s.head]
+                s.head += 1
+                if s.head == s.chunks.count {
+                    s.chunks.removeAll(keepingCapacity: true)
+                    s.head = 0
+                }
+                s.buffered -= UInt64(chunk.count)
+                return (reader, chunk, UInt64(chunk.count))
+            }
+            if s.fin {
+                s.reader = nil
+                return (reader, nil, 0)
+            }
+            return (nil, nil, 0)
+        }
+        guard let reader else { return }
+        reader.resume(returning: value)
+        if taken > 0 { connection.extendCredit(stream: id, bytes: taken) }
+    }
+
     func failSend(_ error: QUICError) {
         if sendError == nil { sendError = error }
         let waiting = writers
@@ -203,36 +231,37 @@ final class StreamShared: Sendable {
         var creditPending = false
         var buffered: UInt64 = 0
         var released = false
+        var wakeScheduled = false
         var writeFinished = false
     }
     let state = Mutex(State())
 
-    /// Loop thread: new in-order data (ngtcp2 delivers stream data in order). Returns the number
-    /// of bytes handed straight to a waiting reader, whose credit the caller returns at once.
-    func deliver(_ data: UnsafePointer<UInt8>?, _ count: Int, fin: Bool) -> UInt64 {
-        let bytes = count > 0 && data != nil ? [UInt8](UnsafeBufferPointer(start: data, count: count)) : []
-        let (reader, value, handed): (CheckedContinuation<[UInt8]?, any Error>?, [UInt8]?, UInt64) = state.withLock { s in
-            if s.released || s.error != nil { return (nil, nil, UInt64(bytes.count)) }
+    enum Delivery { case stored, wakeReader, discarded(UInt64) }
+
+    /// Largest chunk that arriving packets are merged into while nobody reads.
+    static let coalesceLimit = 256 * 1024
+
+    /// Loop thread: new in-order data (ngtcp2 delivers stream data in order). Consecutive
+    /// packets are merged into one chunk so a reader takes them in one step.
+    func deliver(_ data: UnsafePointer<UInt8>?, _ count: Int, fin: Bool) -> Delivery {
+        state.withLock { s in
+            if s.released || s.error != nil { return .discarded(UInt64(count)) }
             if fin { s.fin = true }
-            if let r = s.reader, s.head == s.chunks.count {
-                if !bytes.isEmpty {
-                    s.reader = nil
-                    return (r, bytes, UInt64(bytes.count))
+            if count > 0, let data {
+                let incoming = UnsafeBufferPointer(start: data, count: count)
+                if s.chunks.count > s.head && s.chunks[s.chunks.count - 1].count + count <= Self.coalesceLimit {
+                    s.chunks[s.chunks.count - 1].append(contentsOf: incoming)
+                } else {
+                    s.chunks.append(Array(incoming))
                 }
-                if s.fin {
-                    s.reader = nil
-                    return (r, nil, 0)
-                }
-                return (nil, nil, 0)
+                s.buffered += UInt64(count)
             }
-            if !bytes.isEmpty {
-                s.chunks.append(bytes)
-                s.buffered += UInt64(bytes.count)
+            if s.reader != nil && !s.wakeScheduled && (s.head < s.chunks.count || s.fin) {
+                s.wakeScheduled = true
+                return .wakeReader
             }
-            return (nil, nil, 0)
+            return .stored
         }
-        reader?.resume(returning: value)
-        return handed
     }
 
     func fail(_ error: QUICError) {

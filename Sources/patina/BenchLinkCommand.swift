@@ -97,7 +97,7 @@ private struct LinkServer {
     func run(_ address: QUICSocketAddress) async throws {
         let endpoint = try QUICEndpoint(bind: address, config: config, logger: logger)
         logger.info("bench link server on \(endpoint.localAddress)")
-        await withTaskGroup(of: Void.self) { group in
+        await withDiscardingTaskGroup { group in
             for await connection in endpoint.incomingConnections {
                 logger.info("client \(connection.remoteAddress) connected")
                 group.addTask { await serve(connection, endpoint: endpoint) }
@@ -112,7 +112,7 @@ private struct LinkServer {
                 for await _ in connection.incomingDatagrams { await counters.datagram() }
             }
             group.addTask {
-                await withTaskGroup(of: Void.self) { streams in
+                await withDiscardingTaskGroup { streams in
                     for await stream in connection.incomingStreams {
                         streams.addTask { await handle(stream, counters: counters, endpoint: endpoint) }
                     }
@@ -264,8 +264,7 @@ private struct LinkClient {
                 for w in 0..<workers {
                     group.addTask {
                         for _ in stride(from: w, to: total, by: workers) {
-                            let s = try await connection.openUniStream()
-                            try await s.write(message, finish: true)
+                            try await connection.sendUniStream(message)
                         }
                     }
                 }

@@ -312,3 +312,49 @@ actor Progress {
 extension Int {
     func map(_ f: (Int) -> Void) { f(self) }
 }
+
+@Suite("QUIC connection reuse", .timeLimit(.minutes(1)))
+struct ConnectionCacheClusterTests {
+    @Test func sendUniStreamDeliversWholeMessages() async throws {
+        let pair = try await Pair.make()
+        let received = Task { () -> [[UInt8]] in
+            var got: [[UInt8]] = []
+            for await stream in pair.serverSide.incomingStreams {
+                #expect(stream.isUnidirectional)
+                got.append(try await stream.readAll())
+                if got.count == 50 { break }
+            }
+            return got
+        }
+        for i in 0..<50 { try await pair.clientSide.sendUniStream(pattern(i, count: 100 + i)) }
+        let got = try await withDeadline(.seconds(20)) { try await received.value }
+        #expect(Set(got) == Set((0..<50).map { pattern($0, count: 100 + $0) }))
+        await pair.shutdown()
+    }
+
+    @Test func cacheReusesAndReplacesDeadConnections() async throws {
+        let pair = try await Pair.make()
+        let cache = QUICConnectionCache(endpoint: pair.client)
+        let address = pair.server.localAddress
+        // Hold the accepted connections: releasing a QUICConnection closes it.
+        let drain = Task {
+            var held: [QUICConnection] = []
+            for await c in pair.server.incomingConnections { held.append(c) }
+            return held.count
+        }
+        async let a = cache.connection(to: address)
+        async let b = cache.connection(to: address)
+        let (first, second) = try await (a, b)
+        #expect(first === second)
+        let third = try await cache.connection(to: address)
+        #expect(third === first, "first closed: \(String(describing: first.closeError)), second closed: \(String(describing: second.closeError))")
+        await first.close(drain: false)
+        #expect(first.isClosed)
+        let replacement = try await cache.connection(to: address)
+        #expect(replacement !== first)
+        #expect(!replacement.isClosed)
+        await cache.closeAll()
+        drain.cancel()
+        await pair.shutdown()
+    }
+}

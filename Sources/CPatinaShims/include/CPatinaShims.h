@@ -63,6 +63,10 @@ uint64_t patina_monotonic_ns(void);
 int patina_udp_bind(const struct sockaddr *addr, socklen_t addrlen);
 /// One datagram, or -EAGAIN when the queue is empty, or another -errno.
 ssize_t patina_udp_recv(int fd, uint8_t *buf, size_t buflen, struct sockaddr_storage *from, socklen_t *fromlen);
+/// Like patina_udp_recv, but with UDP GRO the kernel may hand over several datagrams of
+/// *segment bytes each (the last may be shorter); *segment is 0 for a single datagram.
+ssize_t patina_udp_recv_gro(int fd, uint8_t *buf, size_t buflen, struct sockaddr_storage *from, socklen_t *fromlen,
+                            size_t *segment);
 /// Sends `len` bytes; when gso_size > 0 and len > gso_size the kernel splits
 /// them into datagrams of gso_size (UDP_SEGMENT). Returns bytes or -errno.
 ssize_t patina_udp_send(int fd, const uint8_t *buf, size_t len, const struct sockaddr *to, socklen_t tolen,
