@@ -1,0 +1,600 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real `patina agent` processes replicating over QUIC with mutual TLS on loopback,
+/// driven through their HTTP API. Each test is bounded in time; node logs are
+/// printed only when a test fails.
+@Suite(.serialized) struct ClusterProcessTests {
+    @Test(.timeLimit(.minutes(2))) func threeNodesReplicateAndConverge() async throws {
+        let cluster = try ProcessCluster(size: 3)
+        defer { cluster.tearDown() }
+        try cluster.startAll()
+        try await cluster.waitMembers(3)
+
+        _ = try cluster.node(0).exec(["INSERT INTO kv (k, v) VALUES ('hello', 'from n1')"])
+        for i in 1..<3 {
+            let seen = try await pollUntil(.seconds(10)) {
+                (try? cluster.node(i).query("SELECT v FROM kv WHERE k = 'hello'")) == [[.text("from n1")]]
+            }
+            cluster.check(seen, "row from n1 not visible on n\(i + 1)")
+        }
+
+        // Concurrent conflicting updates of the same row and cells, on every node at once.
+        _ = try cluster.node(0).exec(["INSERT INTO kv (k, v) VALUES ('c', 'start')"])
+        try await cluster.waitIdentical("SELECT k, v FROM kv ORDER BY k", timeout: .seconds(10))
+        for round in 0..<5 {
+            await withTaskGroup(of: Void.self) { group in
+                for i in 0..<3 {
+                    group.addTask {
+                        _ = try? cluster.node(i).exec([
+                            "UPDATE kv SET v = 'n\(i + 1) round \(round)' WHERE k = 'c'",
+                            "INSERT INTO kv (k, v) VALUES ('r\(round)', 'n\(i + 1)') ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+                        ])
+                    }
+                }
+            }
+        }
+        let rows = try await cluster.waitIdentical("SELECT k, v FROM kv ORDER BY k", timeout: .seconds(15))
+        cluster.check(rows?.count == 7, "expected 7 identical rows everywhere, got \(String(describing: rows))")
+    }
+
+    @Test(.timeLimit(.minutes(3))) func killedNodeCatchesUpAfterRestart() async throws {
+        let cluster = try ProcessCluster(size: 5)
+        defer { cluster.tearDown() }
+        try cluster.startAll()
+        try await cluster.waitMembers(5)
+
+        var written = 0
+        for k in 0..<60 {
+            if k == 20 { cluster.kill(3) }
+            let target = [0, 1, 2, 4][k % 4]
+            _ = try cluster.node(target).exec(["INSERT INTO kv (k, v) VALUES ('w\(k)', 'n\(target + 1)')"])
+            written += 1
+        }
+        try cluster.start(3)
+        let rows = try await cluster.waitIdentical("SELECT k, v FROM kv ORDER BY k", timeout: .seconds(30))
+        cluster.check(rows?.count == written, "expected \(written) identical rows on all 5 nodes, got \(rows?.count ?? -1)")
+    }
+
+    @Test(.timeLimit(.minutes(2))) func lateJoinerReceivesTheWholeHistory() async throws {
+        let cluster = try ProcessCluster(size: 4)
+        defer { cluster.tearDown() }
+        for i in 0..<3 { try cluster.start(i) }
+        try await cluster.waitMembers(3, nodes: [0, 1, 2])
+        for k in 0..<50 {
+            _ = try cluster.node(k % 3).exec(["INSERT INTO kv (k, v) VALUES ('h\(k)', 'v\(k)')"])
+        }
+        _ = try cluster.node(0).exec(["DELETE FROM kv WHERE k = 'h7'"])
+        try cluster.start(3)
+        let rows = try await cluster.waitIdentical("SELECT k, v FROM kv ORDER BY k", timeout: .seconds(30))
+        cluster.check(rows?.count == 49, "the late joiner should hold the 49 rows, got \(rows?.count ?? -1)")
+    }
+
+    @Test(.timeLimit(.minutes(2))) func killedMemberIsMarkedDownThenAliveAfterRestart() async throws {
+        let cluster = try ProcessCluster(size: 3)
+        defer { cluster.tearDown() }
+        try cluster.startAll()
+        try await cluster.waitMembers(3)
+        let victimID = try cluster.node(2).actorID()
+
+        cluster.kill(2)
+        for i in 0..<2 {
+            let down = try await pollUntil(.seconds(15)) {
+                (try? cluster.node(i).members().first { $0.actorID == victimID }?.state) == "down"
+            }
+            cluster.check(down, "n\(i + 1) did not mark the killed n3 down")
+        }
+        let health = try cluster.node(0).health()
+        cluster.check(health == 2, "health members of n1 after the kill: \(String(describing: health))")
+
+        // Its bootstrap peer is gone too: n3 must rejoin through the members it persisted.
+        try cluster.start(2)
+        for i in 0..<2 {
+            let alive = try await pollUntil(.seconds(15)) {
+                (try? cluster.node(i).members().first { $0.actorID == victimID }?.state) == "alive"
+            }
+            cluster.check(alive, "n\(i + 1) did not see the restarted n3 alive")
+        }
+        try await cluster.waitMembers(3)
+    }
+
+    @Test(.timeLimit(.minutes(2))) func restartedNodeRejoinsThroughPersistedMembers() async throws {
+        let cluster = try ProcessCluster(size: 3)
+        defer { cluster.tearDown() }
+        try cluster.startAll()
+        try await cluster.waitMembers(3)
+        // Let membership be saved (every 2 s at most), then stop n1, the only bootstrap address.
+        try await Task.sleep(for: .seconds(3))
+        cluster.kill(0)
+        cluster.kill(2)
+        try cluster.start(2)
+        // n3 only knows n1 from its config; n2 comes from __patina_members.
+        let rejoined = try await pollUntil(.seconds(20)) { (try? cluster.node(2).health()) == 2 }
+        cluster.check(rejoined, "n3 did not rejoin n2 without its bootstrap peer")
+        _ = try cluster.node(2).exec(["INSERT INTO kv (k, v) VALUES ('after', 'rejoin')"])
+        let seen = try await pollUntil(.seconds(10)) {
+            (try? cluster.node(1).query("SELECT v FROM kv WHERE k = 'after'")) == [[.text("rejoin")]]
+        }
+        cluster.check(seen, "write on the rejoined n3 not visible on n2")
+    }
+
+    @Test(.timeLimit(.minutes(2))) func nodeOfAnotherClusterIsRefused() async throws {
+        let cluster = try ProcessCluster(size: 3, clusterIDs: [7, 7, 8])
+        defer { cluster.tearDown() }
+        try cluster.startAll()
+        try await cluster.waitMembers(2, nodes: [0, 1])
+        try await Task.sleep(for: .seconds(2))
+        cluster.check(try cluster.node(0).health() == 2, "n1 accepted a node of another cluster")
+        cluster.check(try cluster.node(2).health() == 1, "the foreign node joined")
+    }
+
+    /// Propagation on loopback: commit on one node until visible on every node.
+    /// Opt-in: `PATINA_BENCH_PROPAGATION=1` (size via PATINA_BENCH_NODES, writes via PATINA_BENCH_WRITES).
+    @Test(.timeLimit(.minutes(5)),
+          .enabled(if: ProcessInfo.processInfo.environment["PATINA_BENCH_PROPAGATION"] != nil))
+    func propagationBenchmark() async throws {
+        let env = ProcessInfo.processInfo.environment
+        let size = Int(env["PATINA_BENCH_NODES"] ?? "") ?? 10
+        let writes = Int(env["PATINA_BENCH_WRITES"] ?? "") ?? 200
+        let cluster = try ProcessCluster(size: size)
+        defer { cluster.tearDown() }
+        try cluster.startAll()
+        try await cluster.waitMembers(size, timeout: .seconds(60))
+        try await Task.sleep(for: .seconds(2))  // RTT samples in, ring 0 settled
+        let watchers = try (0..<size).map { try UpdateWatcher(port: cluster.nodes[$0].apiPort, table: "kv") }
+        defer { watchers.forEach { $0.stop() } }
+        try await Task.sleep(for: .milliseconds(500))
+        var fromCommit: [Double] = []
+        var fromRequest: [Double] = []
+        for k in 0..<writes {
+            let origin = k % size
+            let key = "p\(k)"
+            let sent = monotonicNanos()
+            _ = try cluster.node(origin).exec(["INSERT INTO kv (k, v) VALUES ('\(key)', 'x')"])
+            let ok = try await pollUntil(.seconds(10), poll: .milliseconds(1)) { watchers.allSatisfy { $0.seen(key) != nil } }
+            cluster.check(ok, "\(key) did not reach every node")
+            guard ok, let committed = watchers[origin].seen(key) else { continue }
+            let last = watchers.compactMap { $0.seen(key) }.max()!
+            fromCommit.append(Double(last - committed) / 1e6)
+            fromRequest.append(Double(last - sent) / 1e6)
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        func pct(_ v: [Double], _ p: Double) -> Double {
+            let s = v.sorted()
+            return s.isEmpty ? .nan : s[min(s.count - 1, Int(Double(s.count) * p))]
+        }
+        print(String(format: "propagation %d nodes, %d writes: commit->visible everywhere p50 %.2f ms p99 %.2f ms max %.2f ms; "
+                     + "HTTP request->visible everywhere p50 %.2f ms p99 %.2f ms",
+                     size, fromCommit.count, pct(fromCommit, 0.5), pct(fromCommit, 0.99), fromCommit.max() ?? .nan,
+                     pct(fromRequest, 0.5), pct(fromRequest, 0.99)))
+    }
+}
+
+// MARK: - Process cluster
+
+func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+func pollUntil(_ timeout: Duration, poll: Duration = .milliseconds(50),
+                _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: poll)
+    }
+    return try await condition()
+}
+
+enum Cell: Hashable, Sendable, CustomStringConvertible {
+    case null, int(Int64), real(Double), text(String)
+    var description: String {
+        switch self {
+        case .null: "NULL"
+        case .int(let i): "\(i)"
+        case .real(let d): "\(d)"
+        case .text(let s): "'\(s)'"
+        }
+    }
+}
+
+struct ClusterMemberRow: Sendable {
+    var actorID: String
+    var addr: String
+    var state: String
+}
+
+final class ProcessCluster: @unchecked Sendable {
+    static var binary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("patina").path
+    }
+
+    struct Node: Sendable {
+        let name: String
+        let dir: String
+        let apiPort: Int
+        let gossipPort: Int
+        var configPath: String { dir + "/node.toml" }
+        var adminPath: String { dir + "/admin.sock" }
+        var logPath: String { dir + "/agent.log" }
+        var client: NodeClient { NodeClient(port: apiPort, adminPath: adminPath) }
+    }
+
+    let root: String
+    let nodes: [Node]
+    private let lock = NSLock()
+    private var processes: [Int: Process] = [:]
+    private var failed = false
+
+    init(size: Int, clusterIDs: [Int]? = nil) throws {
+        root = NSTemporaryDirectory() + "patina-cluster-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: root + "/certs", withIntermediateDirectories: true)
+        try Self.run(["certs", "ca", "--dir", root + "/certs"])
+        var nodes: [Node] = []
+        for i in 0..<size {
+            let name = "n\(i + 1)"
+            try Self.run(["certs", "node", name, "--dir", root + "/certs", "--ip", "127.0.0.1"])
+            let dir = root + "/" + name
+            try FileManager.default.createDirectory(atPath: dir + "/schema", withIntermediateDirectories: true)
+            try "CREATE TABLE kv (k TEXT NOT NULL PRIMARY KEY, v);".write(toFile: dir + "/schema/s.sql", atomically: true, encoding: .utf8)
+            nodes.append(Node(name: name, dir: dir, apiPort: Self.freePort(tcp: true), gossipPort: Self.freePort(tcp: false)))
+        }
+        self.nodes = nodes
+        for (i, node) in nodes.enumerated() {
+            // Everyone bootstraps from n1 (n1 from n2), as a real deployment with one seed would.
+            let seed = i == 0 ? nodes[1 % size] : nodes[0]
+            try """
+                [db]
+                path = "\(node.dir)/state.db"
+                schema_paths = ["\(node.dir)/schema"]
+
+                [api]
+                addr = "127.0.0.1:\(node.apiPort)"
+
+                [admin]
+                path = "\(node.adminPath)"
+
+                [gossip]
+                addr = "127.0.0.1:\(node.gossipPort)"
+                bootstrap = ["127.0.0.1:\(seed.gossipPort)"]
+                cluster_id = \(clusterIDs?[i] ?? 7)
+
+                [gossip.tls]
+                cert_file = "\(root)/certs/\(node.name).pem"
+                key_file = "\(root)/certs/\(node.name).key"
+                ca_file = "\(root)/certs/ca.pem"
+                """.write(toFile: node.configPath, atomically: true, encoding: .utf8)
+        }
+    }
+
+    func node(_ i: Int) -> NodeClient { nodes[i].client }
+
+    func startAll() throws { for i in nodes.indices { try start(i) } }
+
+    func start(_ i: Int) throws {
+        let node = nodes[i]
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["agent", "--config", node.configPath]
+        if !FileManager.default.fileExists(atPath: node.logPath) {
+            FileManager.default.createFile(atPath: node.logPath, contents: nil)
+        }
+        let log = FileHandle(forWritingAtPath: node.logPath)!
+        log.seekToEndOfFile()
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        lock.withLock { processes[i] = process }
+    }
+
+    func kill(_ i: Int) {
+        guard let process = lock.withLock({ processes.removeValue(forKey: i) }) else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func check(_ condition: Bool, _ message: @autoclosure () -> String,
+               sourceLocation: SourceLocation = #_sourceLocation) {
+        if !condition {
+            lock.withLock { failed = true }
+            Issue.record(Comment(rawValue: message()), sourceLocation: sourceLocation)
+        }
+    }
+
+    /// Waits until every node in `nodes` (default all) is up and counts `count` live members (itself included).
+    func waitMembers(_ count: Int, nodes indices: [Int]? = nil, timeout: Duration = .seconds(30),
+                     sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        for i in indices ?? Array(nodes.indices) {
+            let ok = try await pollUntil(timeout) { (try? self.node(i).health()) == count }
+            check(ok, "n\(i + 1) does not see \(count) members (health: \(String(describing: try? self.node(i).health())))",
+                  sourceLocation: sourceLocation)
+            if !ok { throw ClusterTestFailure() }
+        }
+    }
+
+    /// Waits until `sql` returns the same rows on every running node; returns them.
+    @discardableResult
+    func waitIdentical(_ sql: String, timeout: Duration, sourceLocation: SourceLocation = #_sourceLocation) async throws -> [[Cell]]? {
+        let running = lock.withLock { processes.keys.sorted() }
+        var last: [[[Cell]]?] = []
+        let ok = try await pollUntil(timeout, poll: .milliseconds(100)) {
+            last = running.map { try? self.node($0).query(sql) }
+            return last.allSatisfy { $0 != nil && $0 == last[0] }
+        }
+        check(ok, "nodes differ for \(sql): " + last.enumerated().map { "n\(running[$0.offset] + 1): \($0.element?.count ?? -1) rows" }.joined(separator: ", "),
+              sourceLocation: sourceLocation)
+        return ok ? last[0] : nil
+    }
+
+    func tearDown() {
+        let all = lock.withLock { () -> [Process] in
+            defer { processes = [:] }
+            return Array(processes.values)
+        }
+        for p in all { p.terminate() }
+        let deadline = ContinuousClock.now + .seconds(5)
+        for p in all {
+            while p.isRunning && ContinuousClock.now < deadline { usleep(10_000) }
+            if p.isRunning { Glibc.kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+        }
+        if lock.withLock({ failed }) {
+            for node in nodes {
+                let text = (try? String(contentsOfFile: node.logPath, encoding: .utf8)) ?? "(no log)"
+                print("===== \(node.name) log (\(node.logPath)) =====\n\(text.suffix(20_000))")
+            }
+        } else {
+            try? FileManager.default.removeItem(atPath: root)
+        }
+    }
+
+    @discardableResult
+    static func run(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else { throw ClusterTestFailure(message: "patina \(arguments.joined(separator: " ")): \(text)") }
+        return text
+    }
+
+    static func freePort(tcp: Bool) -> Int {
+        let fd = socket(AF_INET, Int32(tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
+
+struct ClusterTestFailure: Error, CustomStringConvertible {
+    var message = "cluster test failed"
+    var description: String { message }
+}
+
+// MARK: - HTTP over POSIX sockets
+
+/// A minimal HTTP/1.1 client (Connection: close) for the node's API and admin socket.
+struct NodeClient: Sendable {
+    let port: Int
+    let adminPath: String
+
+    /// POST /v1/transactions; returns the response body.
+    func exec(_ statements: [String]) throws -> String {
+        let body = try JSONSerialization.data(withJSONObject: statements)
+        let (status, text) = try HTTP.request(.tcp(port), "POST", "/v1/transactions", body: body)
+        guard status == 200 else { throw ClusterTestFailure(message: "transaction \(status): \(text)") }
+        return text
+    }
+
+    /// POST /v1/queries; the cells of each row.
+    func query(_ sql: String) throws -> [[Cell]] {
+        let body = try JSONSerialization.data(withJSONObject: sql, options: [.fragmentsAllowed])
+        let (status, text) = try HTTP.request(.tcp(port), "POST", "/v1/queries", body: body)
+        guard status == 200 else { throw ClusterTestFailure(message: "query \(status): \(text)") }
+        var rows: [[Cell]] = []
+        var ended = false
+        for line in text.split(separator: "\n") {
+            guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { continue }
+            if let row = object["row"] as? [Any], row.count == 2, let cells = row[1] as? [Any] {
+                rows.append(cells.map { cell in
+                    switch cell {
+                    case let s as String: .text(s)
+                    case let n as NSNumber: n.stringValue.contains(where: { $0 == "." || $0 == "e" }) ? .real(n.doubleValue) : .int(n.int64Value)
+                    default: .null
+                    }
+                })
+            }
+            if object["error"] != nil { throw ClusterTestFailure(message: "query error: \(line)") }
+            if object["eoq"] != nil { ended = true }
+        }
+        guard ended else { throw ClusterTestFailure(message: "query without eoq") }
+        return rows
+    }
+
+    /// Live members including the node itself, from GET /v1/health.
+    func health() throws -> Int? {
+        let (_, text) = try HTTP.request(.tcp(port), "GET", "/v1/health")
+        let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        return (object?["response"] as? [String: Any])?["members"] as? Int
+    }
+
+    func actorID() throws -> String {
+        let (_, text) = try HTTP.request(.unix(adminPath), "GET", "/ping")
+        let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        guard let id = object?["actor_id"] as? String else { throw ClusterTestFailure(message: "no actor id: \(text)") }
+        return id
+    }
+
+    /// GET /cluster/members on the admin socket.
+    func members() throws -> [ClusterMemberRow] {
+        let (status, text) = try HTTP.request(.unix(adminPath), "GET", "/cluster/members")
+        guard status == 200, let array = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]] else {
+            throw ClusterTestFailure(message: "members \(status): \(text)")
+        }
+        return array.map {
+            ClusterMemberRow(actorID: $0["actor_id"] as? String ?? "", addr: $0["addr"] as? String ?? "", state: $0["state"] as? String ?? "")
+        }
+    }
+}
+
+enum HTTP {
+    enum Target { case tcp(Int), unix(String) }
+
+    static func connect(_ target: Target) throws -> Int32 {
+        switch target {
+        case .tcp(let port):
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            addr.sin_port = UInt16(port).bigEndian
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if rc != 0 { close(fd); throw ClusterTestFailure(message: "connect 127.0.0.1:\(port): errno \(errno)") }
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            return fd
+        case .unix(let path):
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+                let bytes = Array(path.utf8.prefix(raw.count - 1))
+                raw.copyBytes(from: bytes + [0])
+            }
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            if rc != 0 { close(fd); throw ClusterTestFailure(message: "connect \(path): errno \(errno)") }
+            return fd
+        }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { throw ClusterTestFailure(message: "send failed: errno \(errno)") }
+            offset += n
+        }
+    }
+
+    static func request(_ target: Target, _ method: String, _ path: String, body: Data = Data(),
+                        timeoutSeconds: Int = 10) throws -> (Int, String) {
+        let fd = try connect(target)
+        defer { close(fd) }
+        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        if method == "POST" { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
+        head += "\r\n"
+        try writeAll(fd, Array(head.utf8) + Array(body))
+        var response: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 { throw ClusterTestFailure(message: "recv failed: errno \(errno)") }
+            if n == 0 { break }
+            response += buffer[0..<n]
+        }
+        return try parse(response)
+    }
+
+    static func parse(_ response: [UInt8]) throws -> (Int, String) {
+        guard let split = response.firstRange(of: Array("\r\n\r\n".utf8)) else { throw ClusterTestFailure(message: "no HTTP header") }
+        let header = String(decoding: response[..<split.lowerBound], as: UTF8.self)
+        let statusLine = header.split(separator: "\r\n").first ?? ""
+        let status = Int(statusLine.split(separator: " ").dropFirst().first ?? "") ?? 0
+        var body = Array(response[split.upperBound...])
+        if header.lowercased().contains("transfer-encoding: chunked") { body = dechunk(body).data }
+        return (status, String(decoding: body, as: UTF8.self))
+    }
+
+    /// Decodes as much of a chunked body as is complete; returns the data and bytes consumed.
+    static func dechunk(_ bytes: [UInt8]) -> (data: [UInt8], consumed: Int) {
+        var out: [UInt8] = []
+        var i = 0
+        while true {
+            guard let lineEnd = bytes[i...].firstRange(of: Array("\r\n".utf8)) else { break }
+            let sizeText = String(decoding: bytes[i..<lineEnd.lowerBound], as: UTF8.self).split(separator: ";").first ?? ""
+            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { break }
+            let start = lineEnd.upperBound
+            guard bytes.count >= start + size + 2 else { break }
+            out += bytes[start..<(start + size)]
+            i = start + size + 2
+            if size == 0 { break }
+        }
+        return (out, i)
+    }
+}
+
+/// Follows POST /v1/updates/{table} of one node on a thread of its own, recording
+/// when each primary key was first notified (monotonic nanoseconds).
+final class UpdateWatcher: @unchecked Sendable {
+    private let lock = NSLock()
+    private var firstSeen: [String: UInt64] = [:]
+    private let fd: Int32
+    private var thread: Thread?
+
+    init(port: Int, table: String) throws {
+        fd = try HTTP.connect(.tcp(port))
+        let head = "POST /v1/updates/\(table) HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+        try HTTP.writeAll(fd, Array(head.utf8))
+        let fd = self.fd
+        let thread = Thread { [weak self] in
+            var raw: [UInt8] = []
+            var headerDone = false
+            var pending: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n <= 0 { return }
+                let now = monotonicNanos()
+                raw += buffer[0..<n]
+                if !headerDone {
+                    guard let split = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { continue }
+                    raw = Array(raw[split.upperBound...])
+                    headerDone = true
+                }
+                let (data, consumed) = HTTP.dechunk(raw)
+                raw.removeFirst(consumed)
+                pending += data
+                while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = Array(pending[..<nl])
+                    pending.removeFirst(nl + 1)
+                    guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
+                          let notify = object["notify"] as? [Any], notify.count == 2,
+                          let pk = notify[1] as? [Any], let key = pk.first as? String else { continue }
+                    guard let self else { return }
+                    self.lock.withLock { if self.firstSeen[key] == nil { self.firstSeen[key] = now } }
+                }
+            }
+        }
+        self.thread = thread
+        thread.start()
+    }
+
+    func seen(_ key: String) -> UInt64? { lock.withLock { firstSeen[key] } }
+
+    func stop() { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
+}
