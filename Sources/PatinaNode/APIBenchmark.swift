@@ -61,9 +61,10 @@ public struct APIBenchmark: Sendable {
             for _ in 0..<clients {
                 group.addTask {
                     try await threads.run {
+                        let connection = HTTPClient.KeepAlive(client)  // as real clients do
                         while let i = counter.next(limit: transactions) {
                             let body = Data("[[\"INSERT INTO bench (id, name, value) VALUES (?, ?, ?)\", [\(i), \"name-\(i)\", \(i * 7)]]]".utf8)
-                            let response = try client.send("POST", "/v1/transactions", body: body)
+                            let response = try connection.send("POST", "/v1/transactions", body: body)
                             guard response.status == 200 else { throw HTTPClient.ClientError(message: response.text) }
                         }
                     }

@@ -128,14 +128,14 @@ public struct HTTPClient: Sendable {
         }
     }
 
-    private var hostHeader: String {
+    var hostHeader: String {
         switch target {
         case .tcp: target.description
         case .unix: "localhost"
         }
     }
 
-    private func connectSocket() throws -> Int32 {
+    func connectSocket() throws -> Int32 {
         switch target {
         case .unix(let path):
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -191,7 +191,7 @@ public struct HTTPClient: Sendable {
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    private func writeAll(_ fd: Int32, _ data: Data) throws {
+    func writeAll(_ fd: Int32, _ data: Data) throws {
         try data.withUnsafeBytes { raw in
             var offset = 0
             while offset < raw.count {
@@ -205,7 +205,7 @@ public struct HTTPClient: Sendable {
         }
     }
 
-    private func readSome(_ fd: Int32) throws -> Data? {
+    func readSome(_ fd: Int32) throws -> Data? {
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
         while true {
             let n = recv(fd, &buffer, buffer.count, 0)
@@ -251,5 +251,79 @@ struct ChunkedDecoder {
             remaining = size + 2
         }
         return (out, done)
+    }
+}
+
+extension HTTPClient {
+    /// A kept-alive connection for many sequential requests (benchmarks and
+    /// tools that send many small requests); not for streams. Not thread-safe:
+    /// one per thread.
+    public final class KeepAlive: @unchecked Sendable {
+        let client: HTTPClient
+        private var fd: Int32 = -1
+
+        public init(_ client: HTTPClient) { self.client = client }
+        deinit { if fd >= 0 { close(fd) } }
+
+        public func send(_ method: String, _ path: String, body: Data?) throws -> Response {
+            if fd < 0 { fd = try client.connectSocket() }
+            do {
+                return try exchange(method, path, body: body)
+            } catch {
+                // The server may have closed an idle connection: once more on a new one.
+                close(fd)
+                fd = try client.connectSocket()
+                return try exchange(method, path, body: body)
+            }
+        }
+
+        private func exchange(_ method: String, _ path: String, body: Data?) throws -> Response {
+            var request = "\(method) \(path) HTTP/1.1\r\nHost: \(client.hostHeader)\r\nAccept: */*\r\n"
+            if let token = client.bearerToken { request += "Authorization: Bearer \(token)\r\n" }
+            request += "Content-Type: application/json\r\nContent-Length: \(body?.count ?? 0)\r\n\r\n"
+            var out = Data(request.utf8)
+            if let body { out.append(body) }
+            try client.writeAll(fd, out)
+            var buffer = Data()
+            var headerEnd: Range<Data.Index>?
+            while headerEnd == nil {
+                guard let chunk = try client.readSome(fd) else { throw ClientError(message: "connection closed") }
+                buffer.append(chunk)
+                headerEnd = buffer.range(of: Data("\r\n\r\n".utf8))
+            }
+            let head = String(decoding: buffer[buffer.startIndex..<headerEnd!.lowerBound], as: UTF8.self)
+            var lines = head.components(separatedBy: "\r\n")
+            let parts = lines.removeFirst().split(separator: " ")
+            guard parts.count >= 2, let status = Int(parts[1]) else { throw ClientError(message: "malformed response") }
+            var headers: [String: String] = [:]
+            for line in lines {
+                guard let colon = line.firstIndex(of: ":") else { continue }
+                headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            }
+            var rest = Data(buffer[headerEnd!.upperBound...])
+            var body = Data()
+            if headers["transfer-encoding"]?.lowercased().contains("chunked") == true {
+                var decoder = ChunkedDecoder()
+                while true {
+                    let (data, finished) = try decoder.feed(rest)
+                    body.append(data)
+                    if finished { break }
+                    guard let chunk = try client.readSome(fd) else { throw ClientError(message: "connection closed") }
+                    rest = chunk
+                }
+            } else {
+                let length = headers["content-length"].flatMap(Int.init) ?? 0
+                body = rest
+                while body.count < length {
+                    guard let chunk = try client.readSome(fd) else { throw ClientError(message: "connection closed") }
+                    body.append(chunk)
+                }
+            }
+            if headers["connection"]?.lowercased() == "close" {
+                close(fd)
+                fd = -1
+            }
+            return Response(status: status, headers: headers, body: body)
+        }
     }
 }
