@@ -113,7 +113,12 @@ struct InMemoryMembershipTransport: MembershipTransport {
 
             let members = await shells[0].members
             #expect(Set(members.map(\.id)) == Set((1..<4).map(testActor)))
-            #expect(members.allSatisfy { $0.region == "local" && $0.status == .alive })
+            // On a loaded 2-core machine a 60 ms probe can time out: a false
+            // suspicion is allowed, as long as it is refuted.
+            let allAlive = await Self.eventually(.seconds(10)) {
+                await shells[0].members.allSatisfy { $0.region == "local" && $0.status == .alive }
+            }
+            #expect(allAlive != nil, "every member alive on node 0")
             await shells[0].recordRTT(testActor(2), .microseconds(50))
             #expect(await shells[0].nearest(1).first?.id == testActor(2))
 
@@ -125,7 +130,11 @@ struct InMemoryMembershipTransport: MembershipTransport {
             }
             #expect(detected != nil, "the others mark node 3 down")
             print("shell: stopped node detected by all in \(detected ?? .zero)")
-            for s in shells.prefix(3) { #expect(await s.liveMemberCount == 2) }
+            let settled = await Self.eventually(.seconds(10)) {
+                for s in shells.prefix(3) where await s.liveMemberCount != 2 { return false }
+                return true
+            }
+            #expect(settled != nil, "the three live shells see each other alive")
 
             let persisted = await Self.eventually(.seconds(5)) {
                 saved.withLock { $0?.members.first { $0.id == testActor(3) }?.status == .down }
