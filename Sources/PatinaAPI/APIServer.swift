@@ -43,6 +43,7 @@ public struct PatinaAPI: Sendable {
     let config: APIConfig
     let hooks: APIHooks
     let updates: UpdateFeed
+    public let lag = LagTracker()
 
     public init(access: StoreAccess, config: APIConfig, hooks: APIHooks) {
         self.access = access
@@ -52,11 +53,13 @@ public struct PatinaAPI: Sendable {
         updates = UpdateFeed()
         let subscriptions = self.subscriptions
         let updates = self.updates
+        let lag = self.lag
         // Listeners run under the store's lock: hand the event on, nothing more.
         access.store.addListener { event in
             let rows = event.rows.values.reduce(0) { $0 + $1.count }
             Counter(label: "patina_rows_changed_total", dimensions: [("source", event.source == .remote ? "remote" : "local")])
                 .increment(by: rows)
+            if event.source == .remote { lag.record(originTimestamps: event.originTimestamps) }
             updates.publish(event)
             Task { await subscriptions.committed(tables: Set(event.rows.keys)) }
         }
@@ -290,7 +293,8 @@ public struct PatinaAPI: Sendable {
     // MARK: Health
 
     func health(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
-        let figures = await hooks.health()
+        var figures = await hooks.health()
+        figures.p99LagSeconds = max(figures.p99LagSeconds, lag.p99)
         let gaps = access.store.bookkeeping().values.reduce(Int64(0)) { sum, book in
             sum + book.gaps.reduce(0) { $0 + Int64($1.count) }
         }

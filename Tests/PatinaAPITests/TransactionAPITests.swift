@@ -139,3 +139,21 @@ import Testing
         #expect(shed)
     }
 }
+
+@Suite struct PropagationLagTests {
+    @Test func healthReportsTheLagOfAppliedRemoteVersions() async throws {
+        let live = try await LiveAPI()
+        defer { live.stop() }
+        let remote = ActorID.random()
+        let now = UInt64(Date().timeIntervalSince1970 * 1000)
+        let key = PackedPrimaryKey([.text("r")])
+        let change = Change(table: "todos", pk: key, cid: "title", val: .text("from afar"), colVersion: 1, seq: 0, cl: 1)
+        // Committed at the origin 2 s ago.
+        try live.store.merge([.changes(actor: remote, version: 1, changes: [change], seqs: 0...0, lastSeq: 0,
+                                       ts: HybridTimestamp(milliseconds: now - 2000, counter: 0))])
+        let health = object(try await live.send("GET", "/v1/health"))["response"] as? [String: Any] ?? [:]
+        let lag = health["p99_lag"] as? Double ?? 0
+        #expect(lag >= 1.9 && lag < 30, "\(health)")
+        #expect(try await live.send("GET", "/v1/health?p99_lag=1").status == 503)
+    }
+}
