@@ -23,7 +23,7 @@ struct BenchLink: AsyncParsableCommand {
     @Option(help: "Name to check in the server certificate (default: the host dialled).") var serverName: String?
     @Option(help: "Bytes for the bulk transfer on one stream.") var bytes = 256 * 1024 * 1024
     @Option(help: "1 KiB messages on uni streams, and on datagrams.") var messages = 100_000
-    @Option(help: "Concurrent senders for the message test.") var concurrency = 64
+    @Option(help: "Concurrent senders for the message test.") var concurrency = 16
     @Option(help: "Handshakes to time.") var handshakes = 10
     @Option(help: "Idle connections to hold for the memory figure (0 to skip).") var idleConnections = 100
     @Flag(help: "Print one JSON object.") var json = false
