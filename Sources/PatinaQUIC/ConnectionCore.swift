@@ -12,7 +12,8 @@ import Synchronization
 final class ConnectionCore: @unchecked Sendable {
     enum State { case handshaking, established, closing, draining, closed }
 
-    unowned let endpoint: EndpointCore
+    /// Strong: a handle may outlive the endpoint's loop; the loop drops its tables when it stops.
+    let endpoint: EndpointCore
     let isServer: Bool
     var conn: OpaquePointer?
     var session: gnutls_session_t?

@@ -168,6 +168,12 @@ final class EndpointCore: @unchecked Sendable {
         for connection in Array(connections.values) {
             connection.terminate(QUICError(.endpointClosed, ""), sendClose: false)
         }
+        // Break the endpoint ↔ connection cycles: handles still held keep only their own state.
+        for connection in connections.values { connection.streams.removeAll() }
+        connections.removeAll()
+        routes.removeAll()
+        dirty.removeAll()
+        pendingWakes.removeAll()
         incoming.finish()
         let waiters = finished.withLock { w in
             let list = w ?? []

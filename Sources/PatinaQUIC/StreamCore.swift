@@ -19,7 +19,8 @@ final class StreamCore: @unchecked Sendable {
     }
 
     let id: Int64
-    unowned let connection: ConnectionCore
+    /// Strong: the connection drops its streams when they close or it ends, breaking the cycle.
+    let connection: ConnectionCore
     let shared: StreamShared
     var canSend: Bool
     var canReceive: Bool

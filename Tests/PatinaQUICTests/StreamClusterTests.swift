@@ -358,3 +358,17 @@ struct ConnectionCacheClusterTests {
         await pair.shutdown()
     }
 }
+
+@Suite("QUIC endpoint lifecycle", .timeLimit(.minutes(1)))
+struct EndpointLifecycleClusterTests {
+    @Test func handlesOutliveTheirEndpoint() async throws {
+        let pair = try await Pair.make()
+        let stream = try await pair.clientSide.openBiStream()
+        await pair.shutdown()
+        // The connection and its stream report the end instead of crashing.
+        #expect(await pair.clientSide.waitClosed() != QUICError(.closedLocally, "x"))
+        await #expect(throws: QUICError.self) { try await stream.write([1, 2, 3]) }
+        await #expect(throws: QUICError.self) { try await pair.clientSide.openUniStream() }
+        #expect(await pair.clientSide.stats() == nil)
+    }
+}
