@@ -241,18 +241,26 @@ public final class ClusterNode: Sendable {
 
     private func handle(_ stream: QUICStream, from peer: String) async {
         if stream.isUnidirectional {
-            let bytes: [UInt8]
+            // Decoded as it arrives: an oversized or malformed frame stops the read at
+            // once (memory stays within one frame), and the whole stream is dropped.
+            var decoder = FrameDecoder()
+            var changesets: [Changeset] = []
             do {
-                bytes = try await stream.readAll(limit: Frame.defaultMaxSize + 1024)
+                while let chunk = try await stream.read() {
+                    for frame in try decoder.feed(chunk) {
+                        guard case .changesets(let c) = try WireMessage.decode(frame) else {
+                            throw ClusterNodeError("unexpected frame type \(frame.type) on a broadcast stream")
+                        }
+                        changesets += c
+                    }
+                }
+                try decoder.finish()
             } catch {
-                logger.debug("broadcast stream dropped", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                stream.reset()
+                logger.warning("malformed broadcast stream dropped", metadata: ["peer": "\(peer)", "error": "\(error)"])
                 return
             }
-            do {
-                try await broadcastShell.received(streamBytes: bytes, from: peer)
-            } catch {
-                // Logged and counted by the shell.
-            }
+            if !changesets.isEmpty { await broadcastShell.received(changesets, from: peer) }
         } else {
             do {
                 try await syncShell.serve(QUICSyncStream(stream: stream))
