@@ -125,3 +125,35 @@ struct HandshakeRefusalClusterTests {
             clientLog: "does not match the dialled name 127.0.0.1", serverLog: "peer refused the TLS handshake")
     }
 }
+
+@Suite("QUIC over IPv6", .timeLimit(.minutes(1)))
+struct IPv6ClusterTests {
+    @Test func handshakeAndEchoOverIPv6Loopback() async throws {
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let any6 = QUICSocketAddress(host: "::1", port: 0)
+        guard let server = try? QUICEndpoint(bind: any6, config: config(try pki.node("server6", ip: ["::1"]))) else {
+            return  // no IPv6 on this host
+        }
+        let client = try QUICEndpoint(bind: any6, config: config(try pki.node("client6", ip: ["::1"])))
+        let echo = Task {
+            var held: [QUICConnection] = []
+            for await connection in server.incomingConnections {
+                held.append(connection)
+                for await stream in connection.incomingStreams {
+                    try await stream.write(try await stream.readAll(), finish: true)
+                }
+            }
+            return held.count
+        }
+        let address = QUICSocketAddress(host: "::1", port: server.localAddress.port)
+        #expect(address.description == "[::1]:\(server.localAddress.port)")
+        let connection = try await withDeadline(.seconds(10)) { try await client.connect(to: address) }
+        let stream = try await connection.openBiStream()
+        try await stream.write(Array("v6".utf8), finish: true)
+        #expect(try await withDeadline(.seconds(10)) { try await stream.readAll() } == Array("v6".utf8))
+        echo.cancel()
+        await client.close()
+        await server.close()
+    }
+}
