@@ -114,7 +114,11 @@ public struct APIBenchmark: Sendable {
                 }
             })
         }
-        while arrivals.readyCount < subscriptions { try await Task.sleep(for: .milliseconds(10)) }
+        let readyBy = ContinuousClock.now + .seconds(60)
+        while arrivals.readyCount < subscriptions {
+            guard ContinuousClock.now < readyBy else { throw HTTPClient.ClientError(message: "subscriptions did not start") }
+            try await Task.sleep(for: .milliseconds(10))
+        }
         var rng = SplitMix64(seed: 1)
         for w in 0..<subscriptionWrites {
             let bucket = Int(rng.next() % UInt64(subscriptions))
@@ -126,8 +130,9 @@ public struct APIBenchmark: Sendable {
         let deadline = ContinuousClock.now + .seconds(30)
         while arrivals.count < subscriptionWrites && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         arrivals.finish()
-        // Nudge every stream once so its reader sees `finished` and returns.
-        _ = try? await threads.run { try client.send("POST", "/v1/transactions", body: Data("[\"DELETE FROM feed\"]".utf8)) }
+        // Nudge every stream once (a row in every bucket) so its reader sees `finished` and returns.
+        let nudge = "[\"WITH RECURSIVE b(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM b WHERE x < \(subscriptions - 1)) INSERT INTO feed (id, bucket, v) SELECT 1000000 + x, x, 'nudge' FROM b\"]"
+        _ = try? await threads.run { try client.send("POST", "/v1/transactions", body: Data(nudge.utf8)) }
         for r in readers { _ = try? await r.value }
         let latencies = arrivals.latencies.sorted()
         func pct(_ p: Double) -> Double { latencies.isEmpty ? .nan : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
