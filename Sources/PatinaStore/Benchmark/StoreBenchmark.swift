@@ -95,7 +95,7 @@ public struct StoreBenchmark: Sendable {
     /// and the same table, one prepared statement.
     private func timePlainInserts(path: String, perTransaction: Int) throws -> Double {
         let db = try SQLiteConnection(path: path)
-        try db.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        try db.execute("PRAGMA journal_mode = WAL; " + StoreCore.performancePragmas)
         try db.execute(Self.schema)
         let stmt = try db.prepare(Self.insert)
         let start = DispatchTime.now().uptimeNanoseconds
@@ -127,7 +127,7 @@ public final class PlainSQLite {
     public init(path: String) throws {
         for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) }
         db = try SQLiteConnection(path: path)
-        try db.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        try db.execute("PRAGMA journal_mode = WAL; " + StoreCore.performancePragmas)
         try db.execute(StoreBenchmark.schema)
         insert = try db.prepare(StoreBenchmark.insert)
     }
