@@ -259,8 +259,10 @@ struct ClusterMemberRow: Sendable {
 }
 
 final class ProcessCluster: @unchecked Sendable {
+    /// The `patina` built next to the test binary, or `PATINA_BINARY` (e.g. a release build for benchmarks).
     static var binary: String {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("patina").path
+        if let path = ProcessInfo.processInfo.environment["PATINA_BINARY"] { return path }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("patina").path
     }
 
     struct Node: Sendable {

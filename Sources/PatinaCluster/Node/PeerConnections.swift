@@ -68,10 +68,10 @@ actor PeerConnections {
         registeredContinuation.yield((connection, peer))
     }
 
-    /// Forgets `peer` and closes its connection at once.
-    func evict(_ peer: String) async {
+    /// Forgets `peer` and closes its connection (without waiting for the close to finish).
+    func evict(_ peer: String) {
         guard let c = connections.removeValue(forKey: peer) else { return }
-        await c.close(drain: false)
+        Task { await c.close(drain: false) }
     }
 
     func live() -> [String: QUICConnection] { connections.filter { !$0.value.isClosed } }
