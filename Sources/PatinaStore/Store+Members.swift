@@ -50,7 +50,18 @@ extension Store {
 
     /// The persisted members and this node's last membership incarnation (nil if never saved).
     public func loadMembers() throws -> (members: [StoredMember], incarnation: UInt64?) {
-        let db = try SQLiteConnection(path: path, readOnly: true, create: false)
+        try Self.loadMembers(path: path)
+    }
+}
+
+extension Store {
+    /// `loadMembers` on a database file without opening it as a Store (read-only;
+    /// works while an agent holds it), for tools and tests.
+    public static func loadMembers(path: String) throws -> (members: [StoredMember], incarnation: UInt64?) {
+        try readMembers(SQLiteConnection(path: path, readOnly: true, create: false))
+    }
+
+    static func readMembers(_ db: SQLiteConnection) throws -> (members: [StoredMember], incarnation: UInt64?) {
         var members: [StoredMember] = []
         for row in try db.query("SELECT actor, address, state, rtt_ms, updated_at FROM __patina_members") {
             guard row.count == 5, case .blob(let bytes) = row[0], let actor = ActorID(bytes: bytes),

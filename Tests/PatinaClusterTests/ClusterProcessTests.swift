@@ -1,6 +1,7 @@
 import Foundation
 import PatinaCluster
 import PatinaQUIC
+import PatinaStore
 import Testing
 
 #if canImport(Glibc)
@@ -113,6 +114,9 @@ import Glibc
         try await Task.sleep(for: .seconds(3))
         cluster.kill(0)
         cluster.kill(2)
+        let saved = try Store.loadMembers(path: cluster.nodes[2].dir + "/state.db")
+        cluster.check(saved.members.contains { $0.address == "127.0.0.1:\(cluster.nodes[1].gossipPort)" && $0.state == "alive" },
+                      "n3 did not persist n2: \(saved.members)")
         try cluster.start(2)
         // n3 only knows n1 from its config; n2 comes from __patina_members.
         let rejoined = try await pollUntil(.seconds(20)) { (try? cluster.node(2).health()) == 2 }
@@ -122,6 +126,22 @@ import Glibc
             (try? cluster.node(1).query("SELECT v FROM kv WHERE k = 'after'")) == [[.text("rejoin")]]
         }
         cluster.check(seen, "write on the rejoined n3 not visible on n2")
+    }
+
+    @Test(.timeLimit(.minutes(2))) func gracefulStopFlushesBroadcastsFirst() async throws {
+        let cluster = try ProcessCluster(size: 2)
+        defer { cluster.tearDown() }
+        try cluster.startAll()
+        try await cluster.waitMembers(2)
+        for k in 0..<30 { _ = try cluster.node(0).exec(["INSERT INTO kv (k, v) VALUES ('f\(k)', 'last words')"]) }
+        // SIGTERM right after the last commit: n1 must send what broadcast holds before it exits
+        // (nothing else can deliver it: n2 cannot sync from a stopped node).
+        let stopped = cluster.terminate(0)
+        cluster.check(stopped, "n1 did not stop within 10 s of SIGTERM")
+        let rows = try await pollUntil(.seconds(5)) {
+            (try? cluster.node(1).query("SELECT count(*) FROM kv")) == [[.int(30)]]
+        }
+        cluster.check(rows, "n2 lacks rows n1 committed before its graceful stop: \(String(describing: try? cluster.node(1).query("SELECT count(*) FROM kv")))")
     }
 
     @Test(.timeLimit(.minutes(2))) func nodeOfAnotherClusterIsRefused() async throws {
@@ -344,6 +364,20 @@ final class ProcessCluster: @unchecked Sendable {
         process.standardError = log
         try process.run()
         lock.withLock { processes[i] = process }
+    }
+
+    /// SIGTERM; true when the process exited within `timeout`.
+    func terminate(_ i: Int, timeout: Duration = .seconds(10)) -> Bool {
+        guard let process = lock.withLock({ processes.removeValue(forKey: i) }) else { return true }
+        process.terminate()
+        let deadline = ContinuousClock.now + timeout
+        while process.isRunning && ContinuousClock.now < deadline { usleep(10_000) }
+        if process.isRunning {
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            return false
+        }
+        return true
     }
 
     func kill(_ i: Int) {
