@@ -29,7 +29,7 @@ final class QUICMembershipTransport: MembershipTransport {
     func send(_ bytes: [UInt8], to address: String) async {
         if let c = await peers.existing(address) {
             do { try await c.sendDatagram(bytes) } catch {
-                logger.trace("membership datagram not sent", metadata: ["peer": "\(address)", "error": "\(error)"])
+                logger.debug("membership datagram not sent", metadata: ["peer": "\(address)", "error": "\(error)"])
             }
             return
         }
