@@ -69,6 +69,9 @@ public final class QUICConnection: Sendable {
     /// Sends one datagram. Suspends while the send queue is full; throws when the payload is
     /// larger than `maxDatagramPayloadSize` or the peer does not accept datagrams.
     public func sendDatagram(_ bytes: [UInt8]) async throws {
+        // ngtcp2 0.12.1 asserts (aborting the process) when encoding an empty
+        // DATAGRAM frame: refuse one here.
+        guard !bytes.isEmpty else { throw QUICError(.datagramTooLarge, "an empty datagram cannot be sent") }
         let core = self.core
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             let ok = core.endpoint.submit {
