@@ -121,7 +121,6 @@ let package = Package(
             dependencies: [
                 "PatinaAPI", "PatinaNode", "PatinaStore", "PatinaCore",
                 .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             path: "Tests/PatinaAPITests"),
         .testTarget(
