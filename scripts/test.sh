@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# README's test command: installs what is missing, builds, runs the whole suite
-# (unit, property, simulation, and real-process tests on loopback).
+# README's test command: installs what is missing, builds, runs the whole suite.
+# In phases: the in-process tests first, then the CPU-heavy simulations, then
+# the tests that start real `patina agent` processes. On two cores, a dozen
+# agent processes would starve the timing-sensitive in-process tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 swift build --build-tests
-swift test --skip-build "$@"
+heavy="ClusterProcessTests|AgentProcessTests|SimulationTests"
+swift test --skip-build --skip "$heavy" "$@"
+swift test --skip-build --filter "SimulationTests" "$@"
+swift test --skip-build --filter "AgentProcessTests|ClusterProcessTests" "$@"

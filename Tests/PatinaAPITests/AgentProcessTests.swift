@@ -66,6 +66,12 @@ import Testing
                 String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
     }
 
+    /// `cli` on a thread of its own: waiting on a process must not block one of
+    /// the two cooperative threads every other test needs.
+    static func run(_ arguments: [String]) async throws -> (Int32, String, String) {
+        try await LiveAPI.blocking.run { try cli(arguments) }
+    }
+
     static func startAgent(_ node: Node) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
@@ -81,7 +87,7 @@ import Testing
     static func waitHealthy(_ node: Node) async throws -> Bool {
         let client = HTTPClient(target: .tcp(host: "127.0.0.1", port: node.port))
         return try await eventually(timeout: .seconds(20)) {
-            (try? client.send("GET", "/v1/health").status) == 200
+            (try? await LiveAPI.blocking.run { try client.send("GET", "/v1/health").status }) == 200
         }
     }
 
@@ -93,19 +99,19 @@ import Testing
         ("[db\npath = 1", "line 1"),
         ("[db]\npath = \"/tmp/x.db\"\n[gossip]\naddr = \"127.0.0.1:1\"\n", "missing required key gossip.tls.cert_file"),
     ])
-    func configErrorsAreOneLineAndNonZero(config: String, message: String) throws {
+    func configErrorsAreOneLineAndNonZero(config: String, message: String) async throws {
         let dir = NSTemporaryDirectory() + "patina-cfg-" + UUID().uuidString
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try config.write(toFile: dir + "/c.toml", atomically: true, encoding: .utf8)
-        let (status, _, stderr) = try Self.cli(["agent", "--config", dir + "/c.toml"])
+        let (status, _, stderr) = try await Self.run(["agent", "--config", dir + "/c.toml"])
         #expect(status != 0)
         #expect(stderr.contains(message), "\(stderr)")
         #expect(stderr.trimmingCharacters(in: .newlines).split(separator: "\n").count == 1, "\(stderr)")
     }
 
-    @Test func unreadableConfigAndPortInUseAreOneLineErrors() throws {
-        let (status, _, stderr) = try Self.cli(["agent", "--config", "/nonexistent/patina.toml"])
+    @Test func unreadableConfigAndPortInUseAreOneLineErrors() async throws {
+        let (status, _, stderr) = try await Self.run(["agent", "--config", "/nonexistent/patina.toml"])
         #expect(status != 0 && stderr.contains("/nonexistent/patina.toml") && stderr.contains("cannot read"))
 
         let node = try Node()
@@ -119,7 +125,7 @@ import Testing
         addr.sin_port = UInt16(node.port).bigEndian
         _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         listen(fd, 1)
-        let (code, _, err) = try Self.cli(["agent", "--config", node.configPath])
+        let (code, _, err) = try await Self.run(["agent", "--config", node.configPath])
         #expect(code != 0)
         #expect(err.contains("api.addr 127.0.0.1:\(node.port): address already in use"), "\(err)")
     }
@@ -132,27 +138,27 @@ import Testing
         #expect(try await Self.waitHealthy(node), "agent did not start: \((try? String(contentsOfFile: node.dir + "/agent.log", encoding: .utf8)) ?? "")")
 
         let api = ["--api-addr", "127.0.0.1:\(node.port)"]
-        let (execStatus, execOut, _) = try Self.cli(["exec", "INSERT INTO kv (k, v) VALUES (?, ?)", "--param", "hello", "--param", "42"] + api)
+        let (execStatus, execOut, _) = try await Self.run(["exec", "INSERT INTO kv (k, v) VALUES (?, ?)", "--param", "hello", "--param", "42"] + api)
         #expect(execStatus == 0 && execOut.contains("\"version\":1"), "\(execOut)")
-        let (_, table, _) = try Self.cli(["query", "SELECT k, v FROM kv"] + api)
+        let (_, table, _) = try await Self.run(["query", "SELECT k, v FROM kv"] + api)
         #expect(table.contains("hello") && table.contains("42") && table.contains("(1 row)"), "\(table)")
-        let (_, json, _) = try Self.cli(["query", "SELECT k FROM kv", "--json"] + api)
+        let (_, json, _) = try await Self.run(["query", "SELECT k FROM kv", "--json"] + api)
         #expect(json.contains("{\"columns\":[\"k\"]}") && json.contains("\"eoq\""))
-        let (badStatus, _, _) = try Self.cli(["exec", "INSERT INTO nope VALUES (1)"] + api)
+        let (badStatus, _, _) = try await Self.run(["exec", "INSERT INTO nope VALUES (1)"] + api)
         #expect(badStatus != 0)
 
         // Reload with an added table.
         try "CREATE TABLE extra (id INTEGER NOT NULL PRIMARY KEY);".write(toFile: node.dir + "/schema/t.sql", atomically: true, encoding: .utf8)
-        let (reloadStatus, reloadOut, _) = try Self.cli(["reload", "--config", node.configPath])
+        let (reloadStatus, reloadOut, _) = try await Self.run(["reload", "--config", node.configPath])
         #expect(reloadStatus == 0 && reloadOut.contains("\"extra\""), "\(reloadOut)")
 
         let backup = node.dir + "/backup.db"
-        let (backupStatus, backupOut, backupErr) = try Self.cli(["backup", backup, "--config", node.configPath])
+        let (backupStatus, backupOut, backupErr) = try await Self.run(["backup", backup, "--config", node.configPath])
         #expect(backupStatus == 0, "\(backupOut) \(backupErr)")
         #expect(FileManager.default.fileExists(atPath: backup))
 
         // Restore refuses while the agent runs.
-        let (busy, _, busyErr) = try Self.cli(["restore", backup, "--config", node.configPath])
+        let (busy, _, busyErr) = try await Self.run(["restore", backup, "--config", node.configPath])
         #expect(busy != 0 && busyErr.contains("another patina process"), "\(busyErr)")
 
         agent.terminate()  // SIGTERM
@@ -166,15 +172,15 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: fresh.dir) }
         // Its schema files match the backed-up node's (else start-up refuses the dropped table).
         try FileManager.default.copyItem(atPath: node.dir + "/schema/t.sql", toPath: fresh.dir + "/schema/t.sql")
-        let (restoreStatus, _, restoreErr) = try Self.cli(["restore", backup, "--config", fresh.configPath])
+        let (restoreStatus, _, restoreErr) = try await Self.run(["restore", backup, "--config", fresh.configPath])
         #expect(restoreStatus == 0, "\(restoreErr)")
         let second = try Self.startAgent(fresh)
         defer { if second.isRunning { second.terminate() } }
         #expect(try await Self.waitHealthy(fresh))
         let client = HTTPClient(target: .tcp(host: "127.0.0.1", port: fresh.port))
-        let rows = try client.send("POST", "/v1/queries", body: Data("\"SELECT k, v FROM kv\"".utf8))
+        let rows = try await LiveAPI.blocking.run { try client.send("POST", "/v1/queries", body: Data("\"SELECT k, v FROM kv\"".utf8)) }
         #expect(rows.text.contains("[\"hello\",42]"), "\(rows.text)")
-        let write = try client.send("POST", "/v1/transactions", body: Data("[\"INSERT INTO kv (k) VALUES ('second')\"]".utf8))
+        let write = try await LiveAPI.blocking.run { try client.send("POST", "/v1/transactions", body: Data("[\"INSERT INTO kv (k) VALUES ('second')\"]".utf8)) }
         let firstActor = execOut.components(separatedBy: "\"actor_id\":\"").last?.prefix(36)
         #expect(write.text.contains("\"version\":1"), "the new identity starts at version 1: \(write.text)")
         #expect(firstActor != nil && !write.text.contains(String(firstActor!)), "a restored node has its own identity")
