@@ -45,6 +45,42 @@ import Glibc
         cluster.check(rows?.count == 7, "expected 7 identical rows everywhere, got \(String(describing: rows))")
     }
 
+    /// Five nodes; conflicting updates and deletes of the same rows on every node
+    /// at once, while one node is frozen (SIGSTOP: cut off, its peers' messages
+    /// pile up or are lost). After SIGCONT it rejoins and every node ends identical.
+    @Test(.timeLimit(.minutes(3))) func frozenNodeRejoinsAndFiveNodesConvergeUnderConflicts() async throws {
+        let cluster = try ProcessCluster(size: 5)
+        defer {
+            cluster.signal(2, SIGCONT)
+            cluster.tearDown()
+        }
+        try cluster.startAll()
+        try await cluster.waitMembers(5)
+        _ = try cluster.node(0).exec((0..<10).map { "INSERT INTO kv (k, v) VALUES ('k\($0)', 'seed')" })
+        try await cluster.waitIdentical("SELECT k, v FROM kv ORDER BY k", timeout: .seconds(15))
+
+        cluster.signal(2, SIGSTOP)
+        let writers = [0, 1, 3, 4]
+        for round in 0..<6 {
+            await withTaskGroup(of: Void.self) { group in
+                for i in writers {
+                    group.addTask {
+                        let k = "k\((round + i) % 10)"
+                        _ = try? cluster.node(i).exec(
+                            round % 3 == 2
+                                ? ["DELETE FROM kv WHERE k = '\(k)'"]
+                                : ["INSERT INTO kv (k, v) VALUES ('\(k)', 'n\(i + 1) r\(round)') ON CONFLICT (k) DO UPDATE SET v = excluded.v"])
+                    }
+                }
+            }
+        }
+        let others = try await cluster.waitIdentical("SELECT k, v FROM kv ORDER BY k", nodes: writers, timeout: .seconds(20))
+        cluster.check(others != nil, "the four running nodes converge while n3 is frozen")
+        cluster.signal(2, SIGCONT)
+        let rows = try await cluster.waitIdentical("SELECT k, v FROM kv ORDER BY k", timeout: .seconds(40))
+        cluster.check(rows != nil && rows == others, "after SIGCONT all five hold the same rows")
+    }
+
     @Test(.timeLimit(.minutes(3))) func killedNodeCatchesUpAfterRestart() async throws {
         let cluster = try ProcessCluster(size: 5)
         defer { cluster.tearDown() }
@@ -380,6 +416,12 @@ final class ProcessCluster: @unchecked Sendable {
         return true
     }
 
+    /// Sends `sig` (e.g. SIGSTOP, SIGCONT) to node `i`'s process.
+    func signal(_ i: Int, _ sig: Int32) {
+        guard let process = lock.withLock({ processes[i] }) else { return }
+        Glibc.kill(process.processIdentifier, sig)
+    }
+
     func kill(_ i: Int) {
         guard let process = lock.withLock({ processes.removeValue(forKey: i) }) else { return }
         Glibc.kill(process.processIdentifier, SIGKILL)
@@ -407,8 +449,9 @@ final class ProcessCluster: @unchecked Sendable {
 
     /// Waits until `sql` returns the same rows on every running node; returns them.
     @discardableResult
-    func waitIdentical(_ sql: String, timeout: Duration, sourceLocation: SourceLocation = #_sourceLocation) async throws -> [[Cell]]? {
-        let running = lock.withLock { processes.keys.sorted() }
+    func waitIdentical(_ sql: String, nodes subset: [Int]? = nil, timeout: Duration,
+                       sourceLocation: SourceLocation = #_sourceLocation) async throws -> [[Cell]]? {
+        let running = subset ?? lock.withLock { processes.keys.sorted() }
         var last: [[[Cell]]?] = []
         let ok = try await pollUntil(timeout, poll: .milliseconds(100)) {
             last = running.map { try? self.node($0).query(sql) }
