@@ -84,22 +84,7 @@ public final class QUICStream: Sendable {
         enum Step { case value([UInt8]?), failure(QUICError), suspend }
         var postCredit = false
         let step: Step = shared.state.withLock { s in
-            if s.head < s.chunks.count {
-                let chunk = s.chunks[s.head]
-                s.head += 1
-                if s.head == s.chunks.count {
-                    s.chunks.removeAll(keepingCapacity: true)
-                    s.head = 0
-                }
-                s.buffered -= UInt64(chunk.count)
-                s.consumed += UInt64(chunk.count)
-                // The last chunk's credit rides on the release at deinit: one loop trip less per message.
-                if !s.creditPending && !(s.fin && s.head == s.chunks.count) {
-                    s.creditPending = true
-                    postCredit = true
-                }
-                return .value(chunk)
-            }
+            if let chunk = s.takeChunk(postCredit: &postCredit) { return .value(chunk) }
             if let e = s.error { return .failure(e) }
             if s.fin { return .value(nil) }
             return .suspend
@@ -115,22 +100,7 @@ public final class QUICStream: Sendable {
             enum Now { case value([UInt8]?), failure(QUICError), parked }
             var postCredit = false
             let now: Now = shared.state.withLock { s in
-                if s.head < s.chunks.count {
-                    let chunk = s.chunks[s.head]
-                    s.head += 1
-                    if s.head == s.chunks.count {
-                        s.chunks.removeAll(keepingCapacity: true)
-                        s.head = 0
-                    }
-                    s.buffered -= UInt64(chunk.count)
-                    s.consumed += UInt64(chunk.count)
-                    // The last chunk's credit rides on the release at deinit: one loop trip less per message.
-                    if !s.creditPending && !(s.fin && s.head == s.chunks.count) {
-                        s.creditPending = true
-                        postCredit = true
-                    }
-                    return .value(chunk)
-                }
+                if let chunk = s.takeChunk(postCredit: &postCredit) { return .value(chunk) }
                 if let e = s.error { return .failure(e) }
                 if s.fin { return .value(nil) }
                 s.reader = c
