@@ -50,14 +50,7 @@ actor Subscription {
         let parameters = self.parameters
         let result = try await access.read { reader -> ([String], [(table: String, column: String)?], Set<String>, [[SQLValue]]) in
             let cursor = try reader.open(sql, parameters, timeout: .seconds(60))
-            let origins = cursor.columnOrigins
-            var all: [[SQLValue]] = []
-            while true {
-                let page = try cursor.next(limit: 1024)
-                if page.isEmpty { break }
-                all += page
-            }
-            return (cursor.columns, origins, reader.lastReadTables, all)
+            return (cursor.columns, cursor.columnOrigins, reader.lastReadTables, try Self.allRows(cursor))
         }
         columns = result.0
         tables = result.2
@@ -67,6 +60,16 @@ actor Subscription {
             let k = key(cells) { rows[$0] != nil }
             rows[k] = (nextRowID, cells)
             nextRowID += 1
+        }
+    }
+
+    /// Every row of a cursor: a subscription diffs whole result sets.
+    static func allRows(_ cursor: ReadCursor) throws -> [[SQLValue]] {
+        var all: [[SQLValue]] = []
+        while true {
+            let page = try cursor.next(limit: 1024)
+            if page.isEmpty { return all }
+            all += page
         }
     }
 
@@ -148,14 +151,7 @@ actor Subscription {
         let sql = self.sql
         let parameters = self.parameters
         let fresh = try await access.read { reader -> [[SQLValue]] in
-            let cursor = try reader.open(sql, parameters, timeout: .seconds(60))
-            var all: [[SQLValue]] = []
-            while true {
-                let page = try cursor.next(limit: 1024)
-                if page.isEmpty { break }
-                all += page
-            }
-            return all
+            try Self.allRows(try reader.open(sql, parameters, timeout: .seconds(60)))
         }
         var next: [PackedPrimaryKey: [SQLValue]] = [:]
         var order: [PackedPrimaryKey] = []

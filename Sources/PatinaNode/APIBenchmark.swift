@@ -155,6 +155,7 @@ public struct APIBenchmark: Sendable {
         return (ContinuousClock.now - start).seconds
     }
 
+    /// @unchecked Sendable: its one field is only touched under `lock`.
     final class Counter: @unchecked Sendable {
         private var value = 0
         private let lock = NSLock()
@@ -167,6 +168,7 @@ public struct APIBenchmark: Sendable {
         }
     }
 
+    /// @unchecked Sendable: every field is only touched under `lock`.
     final class Arrivals: @unchecked Sendable {
         private let lock = NSLock()
         private var sentAt: [Int: ContinuousClock.Instant] = [:]

@@ -87,10 +87,11 @@ public final class ClusterNode: Sendable {
         membershipTransport = QUICMembershipTransport(peers: peers, logger: logger)
         changesetTransport = QUICChangesetTransport(peers: peers)
         let myself = MemberIdentity(id: store.actorID, address: advertised, region: config.region)
+        // One thread for member persistence, shared by load and save (SQLite off the pool).
+        let membersWorker = BlockingExecutor(label: "patina.members")
         let persistence = MembershipPersistence(
-            load: { [store] in
-                let worker = BlockingWorker(label: "patina.members")
-                let (rows, incarnation) = try await worker.run { try store.loadMembers() }
+            load: { [store, membersWorker] in
+                let (rows, incarnation) = try await membersWorker.run { try store.loadMembers() }
                 if rows.isEmpty && incarnation == nil { return nil }
                 let members = rows.map { row in
                     MemberInfo(id: row.actor, address: row.address, region: nil,
@@ -98,14 +99,13 @@ public final class ClusterNode: Sendable {
                 }
                 return PersistedMembership(incarnation: incarnation ?? 0, members: members)
             },
-            save: { [store] snapshot in
+            save: { [store, membersWorker] snapshot in
                 let now = Int64(Date().timeIntervalSince1970 * 1000)
                 let rows = snapshot.members.map { m in
                     StoredMember(actor: m.id, address: m.address, state: m.status.description,
                                  rttMilliseconds: m.rttSmoothed.map(\.milliseconds), updatedAt: now)
                 }
-                let worker = BlockingWorker(label: "patina.members")
-                try await worker.run { try store.saveMembers(rows, incarnation: snapshot.incarnation) }
+                try await membersWorker.run { try store.saveMembers(rows, incarnation: snapshot.incarnation) }
             })
         let bootstrap = config.bootstrap.filter { $0 != advertised && $0 != bound.description }
         membership = try MembershipShell(

@@ -8,7 +8,7 @@ import PatinaStore
 /// No timer: when the queue is idle a changeset is merged at once; while a
 /// merge runs, arrivals accumulate and go as the next batch (bounded by
 /// `maxBatchChanges` / `maxBatchChangesets`). Merges run on a
-/// ``BlockingWorker``, never on the cooperative pool. Memory is bounded by
+/// ``BlockingExecutor``, never on the cooperative pool. Memory is bounded by
 /// `maxQueuedChanges`: ``enqueue(_:)`` waits for room (sync uses it, so a
 /// fast server is slowed to the speed of the local disk), ``offer(_:)``
 /// refuses instead (broadcast uses it; sync repairs what was refused).
@@ -36,7 +36,7 @@ public actor ApplyQueue {
     public let config: Config
     public private(set) var stats = Stats()
     private let store: Store
-    private let worker: BlockingWorker
+    private let worker: BlockingExecutor
     private let logger: Logger
     private let onMerged: (@Sendable (MergeOutcome) -> Void)?
     private var queue: [Changeset] = []
@@ -48,7 +48,7 @@ public actor ApplyQueue {
     private let signals: AsyncStream<Void>
     private let signal: AsyncStream<Void>.Continuation
 
-    public init(store: Store, config: Config = Config(), worker: BlockingWorker = BlockingWorker(label: "patina.apply"),
+    public init(store: Store, config: Config = Config(), worker: BlockingExecutor = BlockingExecutor(label: "patina.apply"),
                 logger: Logger = Logger(label: "patina.apply"), onMerged: (@Sendable (MergeOutcome) -> Void)? = nil) {
         self.store = store
         self.config = config

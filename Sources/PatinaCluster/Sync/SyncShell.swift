@@ -80,7 +80,7 @@ public struct SyncServeReport: Sendable, Hashable {
 public actor SyncShell {
     public let config: SyncConfig
     private let store: Store
-    private let worker: BlockingWorker
+    private let worker: BlockingExecutor
     private let apply: @Sendable ([Changeset]) async -> Void
     private let logger: Logger
     private var machine: SyncStateMachine
@@ -88,7 +88,7 @@ public actor SyncShell {
 
     /// - Parameter apply: receives each pulled chunk; awaiting it is the
     ///   session's backpressure (hand it to ``ApplyQueue/enqueue(_:)``).
-    public init(store: Store, config: SyncConfig = SyncConfig(), seed: UInt64, worker: BlockingWorker = BlockingWorker(),
+    public init(store: Store, config: SyncConfig = SyncConfig(), seed: UInt64, worker: BlockingExecutor = BlockingExecutor(label: "patina.sync"),
                 logger: Logger = Logger(label: "patina.sync"), apply: @escaping @Sendable ([Changeset]) async -> Void) {
         self.store = store
         self.config = config

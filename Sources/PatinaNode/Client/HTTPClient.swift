@@ -258,6 +258,9 @@ extension HTTPClient {
     /// A kept-alive connection for many sequential requests (benchmarks and
     /// tools that send many small requests); not for streams. Not thread-safe:
     /// one per thread.
+    ///
+    /// @unchecked Sendable: it may move between threads, but its socket is only
+    /// ever used by the one thread that currently owns it (callers MUST NOT share it).
     public final class KeepAlive: @unchecked Sendable {
         let client: HTTPClient
         private var fd: Int32 = -1
