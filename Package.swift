@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
     ],
     targets: [
         // MARK: System libraries, each found through pkg-config.
@@ -93,10 +94,20 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/PatinaNode"),
+        // Benchmarks that drive whole clusters: the WAN emulator, `bench regions`, `bench live`.
+        .target(
+            name: "PatinaBench",
+            dependencies: [
+                "PatinaCore", "PatinaNode", "PatinaCerts",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "HeapModule", package: "swift-collections"),
+            ],
+            path: "Sources/PatinaBench"),
         .executableTarget(
             name: "patina",
             dependencies: [
-                "PatinaNode", "PatinaStore", "PatinaCore", "PatinaQUIC", "PatinaCerts",
+                "PatinaBench", "PatinaNode", "PatinaStore", "PatinaCore", "PatinaQUIC", "PatinaCerts",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/patina"),
@@ -123,6 +134,9 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             path: "Tests/PatinaAPITests"),
+        .testTarget(
+            name: "PatinaBenchTests", dependencies: ["PatinaBench", "PatinaCore"],
+            path: "Tests/PatinaBenchTests"),
         .testTarget(
             name: "PatinaQUICTests", dependencies: ["PatinaQUIC", "PatinaCerts", "PatinaCore"],
             path: "Tests/PatinaQUICTests"),
