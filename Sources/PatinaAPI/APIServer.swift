@@ -13,6 +13,8 @@ public struct APIHooks: Sendable {
     public var onLocalCommit: @Sendable ([Changeset]) async -> Void = { _ in }
     /// Live figures for `/v1/health`.
     public var health: @Sendable () async -> HealthFigures = { HealthFigures() }
+    /// The region of a remote actor, if membership knows it (labels the lag histogram).
+    public var regionOf: @Sendable (ActorID) -> String? = { _ in nil }
     public init() {}
 }
 
@@ -43,7 +45,7 @@ public struct PatinaAPI: Sendable {
     let config: APIConfig
     let hooks: APIHooks
     let updates: UpdateFeed
-    public let lag = LagTracker()
+    public let lag: LagTracker
 
     public init(access: StoreAccess, config: APIConfig, hooks: APIHooks) {
         self.access = access
@@ -51,6 +53,7 @@ public struct PatinaAPI: Sendable {
         self.hooks = hooks
         subscriptions = SubscriptionManager(access: access)
         updates = UpdateFeed()
+        lag = LagTracker(regionOf: hooks.regionOf)
         let subscriptions = self.subscriptions
         let updates = self.updates
         let lag = self.lag
@@ -59,7 +62,7 @@ public struct PatinaAPI: Sendable {
             let rows = event.rows.values.reduce(0) { $0 + $1.count }
             Counter(label: "patina_rows_changed_total", dimensions: [("source", event.source == .remote ? "remote" : "local")])
                 .increment(by: rows)
-            if event.source == .remote { lag.record(originTimestamps: event.originTimestamps) }
+            if event.source == .remote { lag.record(event.origins) }
             updates.publish(event)
             Task { await subscriptions.committed(tables: Set(event.rows.keys)) }
         }

@@ -41,8 +41,9 @@ extension Agent {
         hooks.onLocalCommit = { changesets in await cluster.broadcast(changesets) }
         hooks.health = {
             let f = await cluster.healthFigures()
-            return HealthFigures(members: f.members, p99LagSeconds: f.p99LagSeconds, queueSize: f.queueSize)
+            return HealthFigures(members: f.members, queueSize: f.queueSize)
         }
+        hooks.regionOf = { actor in cluster.region(of: actor) }
     }
 
     /// `GET /cluster/members` on the admin socket: a JSON array of

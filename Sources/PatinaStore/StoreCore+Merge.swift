@@ -44,7 +44,7 @@ extension StoreCore {
         var overwritten: Set<SiteVersion> = []
         var sentinels: [RowKey: Sentinel?] = [:]
         var touchedSites: Set<Int64> = []
-        var originTimestamps: [HybridTimestamp] = []
+        var origins: [RemoteOrigin] = []
         var written = 0
         /// Rows with no column clocks when this batch first touched them (unknown,
         /// deleted or just resurrected), with the columns clocked since: a cell
@@ -106,8 +106,8 @@ extension StoreCore {
             try persistBooks(sites: ctx.touchedSites)
         }
         outcome.changesWritten = ctx.written
-        for ts in ctx.originTimestamps { hlc.observe(ts) }
-        let event = CommitEvent(source: .remote, rows: ctx.rows, originTimestamps: ctx.originTimestamps)
+        for origin in ctx.origins { hlc.observe(origin.timestamp) }
+        let event = CommitEvent(source: .remote, rows: ctx.rows, origins: ctx.origins)
         notify(event)
         return (outcome, event)
     }
@@ -266,7 +266,7 @@ extension StoreCore {
         }
         try flushPendingRows(&ctx)
         books[origin.site]!.applied.insert(origin.version)
-        ctx.originTimestamps.append(ts)
+        ctx.origins.append(RemoteOrigin(actor: origin.actor, timestamp: ts))
         if attributed {
             try db.run("INSERT OR REPLACE INTO __patina_versions (site, version, last_seq, ts) VALUES (?, ?, ?, ?)",
                        [.integer(origin.site), .integer(origin.version), .integer(lastSeq),

@@ -46,8 +46,19 @@ public struct CommitEvent: Sendable {
     public var source: Source
     /// table → packed pk → what happened to the row last.
     public var rows: [String: [PackedPrimaryKey: RowChangeKind]]
-    /// Origin timestamps of the remote versions applied (for propagation lag).
-    public var originTimestamps: [HybridTimestamp] = []
+    /// Origin actor and commit time of each remote version applied (for
+    /// propagation lag, labelled by the origin's region).
+    public var origins: [RemoteOrigin] = []
+}
+
+/// Who committed a remote version, and when (their hybrid logical clock).
+public struct RemoteOrigin: Sendable, Hashable {
+    public var actor: ActorID
+    public var timestamp: HybridTimestamp
+    public init(actor: ActorID, timestamp: HybridTimestamp) {
+        self.actor = actor
+        self.timestamp = timestamp
+    }
 }
 
 /// The result of a local write transaction.

@@ -228,3 +228,58 @@ import Testing
 }
 
 struct Unexpected: Error {}
+
+/// Regions: the direct path to every region, and local spreading of relays.
+@Suite struct BroadcastRegionTests {
+    let me = clusterTestActor(1)
+
+    /// Three regions of three members; this node is in "a" with a1, a2.
+    func regionMembers() -> [BroadcastMember] {
+        [BroadcastMember(id: "a1", rtt: .milliseconds(1), region: "a"),
+         BroadcastMember(id: "a2", rtt: .milliseconds(2), region: "a"),
+         BroadcastMember(id: "b1", rtt: .milliseconds(90), region: "b"),
+         BroadcastMember(id: "b2", rtt: .milliseconds(91), region: "b"),
+         BroadcastMember(id: "b3", rtt: .milliseconds(95), region: "b"),
+         BroadcastMember(id: "c1", rtt: .milliseconds(300), region: "c"),
+         BroadcastMember(id: "c2", rtt: .milliseconds(301), region: "c"),
+         BroadcastMember(id: "c3", rtt: .milliseconds(302), region: "c")]
+    }
+
+    func machine(seed: UInt64) -> BroadcastStateMachine {
+        var config = BroadcastConfig()
+        config.region = "a"
+        config.minFanout = 1
+        var m = BroadcastStateMachine(localActor: me, config: config, rng: SplitMix64(seed: seed))
+        _ = m.membersChanged(regionMembers())
+        return m
+    }
+
+    @Test func localCommitReachesTheNearestTwoOfEveryRegionDirectly() {
+        for seed in 1...20 as ClosedRange<UInt64> {
+            var m = machine(seed: seed)
+            let peers = Set(m.localCommit([makeChangeset(me, version: 1)], now: .zero).sends.map(\.peer))
+            // Ring 0 is a1, a2 and b1 (the three nearest); b2, c1, c2 are the per-region picks.
+            #expect(Set(["a1", "a2", "b1", "b2", "c1", "c2"]).isSubset(of: peers), "seed \(seed): \(peers)")
+        }
+    }
+
+    @Test func withoutRegionsOnlyRing0AndFanout() {
+        var config = BroadcastConfig()
+        config.minFanout = 1
+        var m = BroadcastStateMachine(localActor: me, config: config, rng: SplitMix64(seed: 3))
+        _ = m.membersChanged(regionMembers().map { BroadcastMember(id: $0.id, rtt: $0.rtt) })
+        let peers = m.localCommit([makeChangeset(me, version: 1)], now: .zero).sends.map(\.peer)
+        #expect(peers.count == 3 + 1, "ring 0 (3 nearest) plus a fanout of 1: \(peers)")
+    }
+
+    @Test func relaysGoToEveryOtherMemberOfThisRegion() {
+        for seed in 1...20 as ClosedRange<UInt64> {
+            var m = machine(seed: seed)
+            let d = m.received([makeChangeset(clusterTestActor(9), version: 1)], from: "a1", now: .zero)
+            let peers = d.sends.map(\.peer)
+            #expect(peers.contains("a2"), "seed \(seed): \(peers)")
+            #expect(!peers.contains("a1"), "never back to the sender")
+            #expect(peers.count == 2, "a2 plus a fanout of 1: \(peers)")
+        }
+    }
+}

@@ -2,14 +2,16 @@ import Foundation
 import PatinaCore
 
 /// A peer as broadcast sees it: an id the transport understands and, when
-/// known, the round-trip time to it.
+/// known, the round-trip time to it and the region it gossips.
 public struct BroadcastMember: Hashable, Sendable {
     public var id: String
     public var rtt: Duration?
+    public var region: String?
 
-    public init(id: String, rtt: Duration? = nil) {
+    public init(id: String, rtt: Duration? = nil, region: String? = nil) {
         self.id = id
         self.rtt = rtt
+        self.region = region
     }
 }
 
@@ -22,6 +24,14 @@ public struct BroadcastConfig: Sendable {
     public var ring0Limit = 8
     /// Lower bound on the random fanout to members outside ring 0.
     public var minFanout = 3
+    /// This node's region, if it has one. Relays then also go to every member
+    /// of the same region: a region that heard a change spreads it locally in
+    /// one short hop, whichever of its members heard it first.
+    public var region: String? = nil
+    /// A local change goes straight to this many nearest members of every
+    /// region (members without a region form none). A far region never waits
+    /// for a relay hop, and one lost copy is covered by the other's relay.
+    public var perRegion = 2
     /// Times each item is sent (to fresh targets each time). nil: derived from
     /// the member count, `ceil(3 · log10(n + 1))`, at least 2.
     public var maxTransmissions: Int? = nil
@@ -82,10 +92,12 @@ public struct BroadcastMetrics: Hashable, Sendable {
 /// seeded generator it is built with.
 ///
 /// - A local changeset goes out at once (no batching window) to ring 0, the
-///   nearest members by RTT, and to a random fanout of the others.
-/// - A received changeset not seen before is applied and relayed to a random
-///   fanout, never back to its sender; seen keys (actor, versions, seqs) are
-///   remembered in a bounded FIFO.
+///   nearest members by RTT, to the `perRegion` nearest members of every
+///   region, and to a random fanout of the others. Across regions the direct
+///   path is the fastest there is: a relay hop costs a second long link.
+/// - A received changeset not seen before is applied and relayed to the other
+///   members of this node's region and to a random fanout, never back to its
+///   sender; seen keys (actor, versions, seqs) are remembered in a bounded FIFO.
 /// - Each item is sent up to `maxTransmissions` times, to fresh targets, with
 ///   delays growing linearly (`retransmitDelay · sendCount`), as Corrosion does.
 /// - At most one send per peer is in flight; what comes meanwhile waits in that
@@ -139,6 +151,11 @@ public struct BroadcastStateMachine: Sendable {
     private var byDistance: [String] = []
     private var ring0: [String] = []
     private var ring0Set: Set<String> = []
+    /// Ring 0 plus the nearest `perRegion` members of every region: where a local change goes first.
+    private var directTargets: [String] = []
+    private var directSet: Set<String> = []
+    /// Members of this node's own region (relay targets).
+    private var sameRegion: [String] = []
     private var peers: [String: PeerState] = [:]
     private var pending: [ItemKey: Item] = [:]
     private var seen: Set<ItemKey> = []
@@ -197,6 +214,17 @@ public struct BroadcastStateMachine: Sendable {
             if i < config.ring0Nearest || rtt < config.ring0Latency { ring0.append(id) } else { break }
         }
         ring0Set = Set(ring0)
+        directTargets = ring0
+        var perRegionCount: [String: Int] = [:]
+        for id in byDistance {
+            guard let region = members[id]?.region, !ring0Set.contains(id) else { continue }
+            let count = perRegionCount[region, default: 0]
+            guard count < config.perRegion else { continue }
+            perRegionCount[region] = count + 1
+            directTargets.append(id)
+        }
+        directSet = Set(directTargets)
+        sameRegion = config.region.map { mine in byDistance.filter { members[$0]?.region == mine } } ?? []
         // Forget peers that left; their queued entries are dropped (sync repairs).
         for id in peers.keys where members[id] == nil {
             metrics.droppedQueued += peers[id]!.queue.count
@@ -205,7 +233,8 @@ public struct BroadcastStateMachine: Sendable {
         return []
     }
 
-    /// Changesets committed locally: out at once to ring 0 and a random fanout.
+    /// Changesets committed locally: out at once to ring 0, the nearest members
+    /// of every region, and a random fanout.
     public mutating func localCommit(_ changesets: [Changeset], now: Duration) -> [BroadcastDirective] {
         var touched: [String] = []
         for c in changesets {
@@ -215,7 +244,7 @@ public struct BroadcastStateMachine: Sendable {
             for chunk in chunks {
                 let key = ItemKey(chunk)
                 remember(key)
-                let targets = ring0 + chooseRandom(fanout, excluding: ring0Set)
+                let targets = directTargets + chooseRandom(fanout, excluding: directSet)
                 startItem(key, chunk, targets: targets, source: nil, now: now, touched: &touched)
             }
         }
@@ -238,7 +267,8 @@ public struct BroadcastStateMachine: Sendable {
             for chunk in c.split(maxBytes: config.maxChunkBytes) {
                 let chunkKey = ItemKey(chunk)
                 if chunkKey != key { remember(chunkKey) }
-                let targets = chooseRandom(fanout, excluding: [peer])
+                let local = sameRegion.filter { $0 != peer }
+                let targets = local + chooseRandom(fanout, excluding: Set(local).union([peer]))
                 startItem(chunkKey, chunk, targets: targets, source: peer, now: now, touched: &touched)
             }
         }

@@ -68,7 +68,9 @@ public final class ClusterNode: Sendable {
     let broadcastShell: BroadcastShell
     let syncShell: SyncShell
     public let applyQueue: ApplyQueue
-    let lag = LagTracker()
+    /// Region of each member that gossips one, for lock-free-ish lookups from
+    /// the store's commit listener (which must not await).
+    private let regions = Mutex<[ActorID: String]>([:])
     private let stop: AsyncStream<Void>
     private let stopContinuation: AsyncStream<Void>.Continuation
     private let stopped = Mutex<Bool>(false)
@@ -113,8 +115,10 @@ public final class ClusterNode: Sendable {
             persistence: persistence, persistInterval: config.persistInterval, logger: logger)
         let applyQueue = ApplyQueue(store: store, logger: logger)
         self.applyQueue = applyQueue
+        var broadcastConfig = config.broadcast
+        broadcastConfig.region = config.region
         broadcastShell = BroadcastShell(
-            localActor: store.actorID, config: config.broadcast, seed: UInt64.random(in: 0...UInt64.max),
+            localActor: store.actorID, config: broadcastConfig, seed: UInt64.random(in: 0...UInt64.max),
             transport: changesetTransport, logger: logger,
             apply: { [logger] changesets in
                 if !(await applyQueue.offer(changesets)) {
@@ -124,10 +128,6 @@ public final class ClusterNode: Sendable {
         syncShell = SyncShell(store: store, config: config.sync, seed: UInt64.random(in: 0...UInt64.max),
                               logger: logger, apply: { changesets in await applyQueue.enqueue(changesets) })
         (stop, stopContinuation) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let lag = self.lag
-        store.addListener { event in
-            if case .remote = event.source, !event.originTimestamps.isEmpty { lag.record(event.originTimestamps) }
-        }
     }
 
     /// The address the QUIC endpoint is bound to.
@@ -149,12 +149,16 @@ public final class ClusterNode: Sendable {
         }
     }
 
-    /// Live members including this node, p99 propagation lag of remote commits
-    /// (last minute), and changesets waiting in the apply queue.
-    public func healthFigures() async -> (members: Int, p99LagSeconds: Double, queueSize: Int) {
+    /// Live members including this node, and changesets waiting in the apply queue.
+    public func healthFigures() async -> (members: Int, queueSize: Int) {
         let live = await membership.liveMemberCount
         let depth = await applyQueue.depth
-        return (live + 1, lag.p99Seconds(), depth)
+        return (live + 1, depth)
+    }
+
+    /// The region `actor` gossips, if it is (or was) a member and has one.
+    public func region(of actor: ActorID) -> String? {
+        regions.withLock { $0[actor] }
     }
 
     // MARK: Running
@@ -281,8 +285,12 @@ public final class ClusterNode: Sendable {
 
     /// Alive members (with their RTT) to broadcast and sync.
     private func refreshPeers() async {
-        let alive = await membership.members.filter { $0.status == .alive }
-        await broadcastShell.membersChanged(alive.map { BroadcastMember(id: $0.address, rtt: $0.rttMin) })
+        let all = await membership.members
+        regions.withLock { r in
+            for m in all { if let region = m.region { r[m.id] = region } }
+        }
+        let alive = all.filter { $0.status == .alive }
+        await broadcastShell.membersChanged(alive.map { BroadcastMember(id: $0.address, rtt: $0.rttMin, region: $0.region) })
         await syncShell.membersChanged(alive.map { SyncPeer(id: $0.address, rtt: $0.rttMin) })
     }
 
@@ -317,29 +325,5 @@ extension Duration {
     var milliseconds: Double {
         let (s, a) = components
         return Double(s) * 1000 + Double(a) / 1e15
-    }
-}
-
-/// Propagation lag of remote commits (origin HLC time to local apply), last minute.
-final class LagTracker: Sendable {
-    private let samples = Mutex<[(at: UInt64, lagMs: UInt64)]>([])
-
-    func record(_ origins: [HybridTimestamp]) {
-        let now = UInt64(Date().timeIntervalSince1970 * 1000)
-        samples.withLock { s in
-            for ts in origins { s.append((now, now > ts.milliseconds ? now - ts.milliseconds : 0)) }
-            if s.count > 4096 { s.removeFirst(s.count - 4096) }
-        }
-    }
-
-    func p99Seconds() -> Double {
-        let now = UInt64(Date().timeIntervalSince1970 * 1000)
-        let lags = samples.withLock { s -> [UInt64] in
-            s.removeAll { $0.at + 60_000 < now }
-            return s.map(\.lagMs)
-        }.sorted()
-        guard !lags.isEmpty else { return 0 }
-        let index = min(lags.count - 1, Int((Double(lags.count) * 0.99).rounded(.up)) - 1)
-        return Double(lags[max(0, index)]) / 1000
     }
 }
