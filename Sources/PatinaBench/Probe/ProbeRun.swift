@@ -1,0 +1,290 @@
+import Foundation
+import PatinaNode
+import Synchronization
+
+/// A node a probe run writes to and watches: its API, and the region it is in.
+public struct ProbeNode: Sendable {
+    public var name: String
+    public var region: String
+    public var client: HTTPClient
+
+    public init(name: String, region: String, client: HTTPClient) {
+        self.name = name
+        self.region = region
+        self.client = client
+    }
+}
+
+/// What a probe run measured, in one process's monotonic clock (nanoseconds).
+public struct ProbeMeasurements: Sendable {
+    public struct Write: Sendable {
+        public var id: Int64
+        public var origin: Int
+        public var sentAt: UInt64
+        /// When the API answered; nil if the write failed.
+        public var answeredAt: UInt64?
+    }
+
+    public var nodes: [ProbeNode]
+    public var writes: [Write]
+    /// Per node: probe id → when its update event arrived on that node's stream.
+    public var seen: [[Int64: UInt64]]
+    /// Per node: round-trip time of a small request to its API, milliseconds (min of several).
+    public var rttMilliseconds: [Double]
+    public var failedWrites: Int { writes.filter { $0.answeredAt == nil }.count }
+
+    /// One observation per (write, other node): commit on the origin until the
+    /// update event left the destination.
+    ///
+    /// Commit time is the earlier of the origin's own update event and the
+    /// API's answer (both come just after the commit), less half the RTT to the
+    /// origin; a destination's event left it half its RTT before it arrived.
+    /// On loopback the RTT corrections are a few microseconds; against a real
+    /// deployment they remove the client's own distance from each node.
+    public func observations() -> [LatencyObservation] {
+        var out: [LatencyObservation] = []
+        for w in writes {
+            guard let answered = w.answeredAt else { continue }
+            let committedNs = min(answered, seen[w.origin][w.id] ?? answered)
+            let committed = Double(committedNs) / 1e6 - rttMilliseconds[w.origin] / 2
+            for (j, node) in nodes.enumerated() where j != w.origin {
+                guard let at = seen[j][w.id] else { continue }
+                let emitted = Double(at) / 1e6 - rttMilliseconds[j] / 2
+                out.append(LatencyObservation(
+                    originRegion: nodes[w.origin].region, originNode: nodes[w.origin].name,
+                    destinationRegion: node.region, destinationNode: node.name,
+                    writeID: Int(w.id), milliseconds: max(0, emitted - committed)))
+            }
+        }
+        return out
+    }
+
+    /// (write id, origin node name, origin region) of every write the API accepted.
+    public var acceptedWrites: [(id: Int, originNode: String, originRegion: String)] {
+        writes.compactMap { w in
+            w.answeredAt == nil ? nil : (Int(w.id), nodes[w.origin].name, nodes[w.origin].region)
+        }
+    }
+}
+
+public struct ProbeError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Writes probe rows through nodes' HTTP APIs at a fixed rate and watches every
+/// node's `/v1/updates/{table}` stream to see when each row becomes visible
+/// there. Everything runs on dedicated threads (blocking sockets), timed with
+/// one monotonic clock, so the figures are exact on one machine.
+///
+/// The table needs an integer primary key `id` and a text column `node`.
+public final class ProbeRun: Sendable {
+    public let nodes: [ProbeNode]
+    public let table: String
+    /// Indices of the nodes that take writes, in turn.
+    public let writers: [Int]
+    /// Probe ids start here, so runs against a long-lived cluster never collide.
+    public let idBase: Int64
+
+    private struct Shared {
+        var seen: [[Int64: UInt64]]
+        /// id → nodes that have seen it.
+        var seenCount: [Int64: Int] = [:]
+        var streamsOpen = 0
+        var streamErrors: [String] = []
+        var writes: [ProbeMeasurements.Write] = []
+        var writeErrors: [String] = []
+    }
+
+    private let shared: Mutex<Shared>
+    private let stopped = Atomic<Bool>(false)
+
+    public init(nodes: [ProbeNode], writers: [Int], table: String = "patina_probe",
+                idBase: Int64 = Int64(Date().timeIntervalSince1970) * 10_000_000) {
+        precondition(!writers.isEmpty && writers.allSatisfy { nodes.indices.contains($0) })
+        self.nodes = nodes
+        self.writers = writers
+        self.table = table
+        self.idBase = idBase
+        shared = Mutex(Shared(seen: Array(repeating: [:], count: nodes.count)))
+    }
+
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    // MARK: Round-trip times
+
+    /// The smallest of `samples` round trips of `GET /v1/health` to each node,
+    /// on a kept-alive connection (the first, which connects, is not counted).
+    public func measureRTTs(samples: Int = 20) throws -> [Double] {
+        try nodes.map { node in
+            let connection = HTTPClient.KeepAlive(node.client)
+            _ = try connection.send("GET", "/v1/health", body: nil)
+            var best = Double.infinity
+            for _ in 0..<samples {
+                let start = Self.now()
+                _ = try connection.send("GET", "/v1/health", body: nil)
+                best = min(best, Double(Self.now() - start) / 1e6)
+            }
+            return best
+        }
+    }
+
+    // MARK: Watching
+
+    /// Opens every node's update stream on its own thread; returns once all are
+    /// open (the server subscribes before it answers) or throws at `timeout`.
+    public func startWatching(timeout: Duration = .seconds(30)) throws {
+        for index in nodes.indices {
+            let thread = Thread { [self] in watch(index) }
+            thread.name = "probe-watch-\(nodes[index].name)"
+            thread.start()
+        }
+        let ok = pollUntil(timeout) { self.shared.withLock { $0.streamsOpen == self.nodes.count || !$0.streamErrors.isEmpty } }
+        if let error = shared.withLock({ $0.streamErrors.first }) { throw ProbeError(error) }
+        guard ok else { throw ProbeError("update streams did not open within \(timeout)") }
+    }
+
+    private func watch(_ index: Int) {
+        var client = nodes[index].client
+        client.timeout = .seconds(3600)  // a stream is quiet between runs; only the run's end closes it
+        do {
+            try client.lines("POST", "/v1/updates/\(table)", onHead: { status, _ in
+                self.shared.withLock { s in
+                    if status == 200 { s.streamsOpen += 1 } else { s.streamErrors.append("\(self.nodes[index].name): updates stream answered \(status)") }
+                }
+            }) { line in
+                let at = Self.now()
+                if let id = Self.probeID(in: line) {
+                    shared.withLock { s in
+                        if s.seen[index].updateValue(at, forKey: id) == nil { s.seenCount[id, default: 0] += 1 }
+                    }
+                } else if line.contains("\"error\"") {
+                    shared.withLock { $0.streamErrors.append("\(self.nodes[index].name): \(line)") }
+                }
+                return !stopped.load(ordering: .relaxed)
+            }
+        } catch {
+            if !stopped.load(ordering: .relaxed) {
+                shared.withLock { $0.streamErrors.append("\(self.nodes[index].name): update stream: \(error)") }
+            }
+        }
+    }
+
+    /// The id in `{"notify":["update",[ID]]}`.
+    static func probeID(in line: String) -> Int64? {
+        guard line.contains("\"update\""), let open = line.lastIndex(of: "["),
+              let close = line[open...].firstIndex(of: "]") else { return nil }
+        return Int64(line[line.index(after: open)..<close])
+    }
+
+    // MARK: Writing
+
+    /// `count` writes at `rate` per second, spread over the writer nodes in turn,
+    /// then waits (up to `settle`) until every accepted write is visible on every
+    /// node. `progress` is called about once a second.
+    public func run(count: Int, rate: Double, settle: Duration, rttMilliseconds: [Double],
+                    progress: @escaping @Sendable (_ sent: Int, _ visibleEverywhere: Int) -> Void = { _, _ in }) throws -> ProbeMeasurements {
+        let start = Self.now()
+        let interval = 1e9 / rate
+        let perWriter = writers.indices.map { w in stride(from: w, to: count, by: writers.count).map { $0 } }
+        let done = Atomic<Int>(0)
+        var threads: [Thread] = []
+        for (w, slots) in perWriter.enumerated() {
+            let thread = Thread { [self] in
+                write(from: writers[w], slots: slots, start: start, interval: interval)
+                done.add(1, ordering: .sequentiallyConsistent)
+            }
+            thread.name = "probe-write-\(w)"
+            threads.append(thread)
+            thread.start()
+        }
+        var lastReport = Self.now()
+        while done.load(ordering: .sequentiallyConsistent) < threads.count {
+            usleep(20_000)
+            if Self.now() - lastReport >= 1_000_000_000 {
+                lastReport = Self.now()
+                let (sent, visible) = counts()
+                progress(sent, visible)
+            }
+        }
+        _ = pollUntil(settle) {
+            if Self.now() - lastReport >= 1_000_000_000 {
+                lastReport = Self.now()
+                let (sent, visible) = self.counts()
+                progress(sent, visible)
+            }
+            return self.allVisible()
+        }
+        let (sent, visible) = counts()
+        progress(sent, visible)
+        return shared.withLock { s in
+            ProbeMeasurements(nodes: nodes, writes: s.writes.sorted { $0.id < $1.id }, seen: s.seen,
+                              rttMilliseconds: rttMilliseconds)
+        }
+    }
+
+    /// Write errors and stream errors seen so far (for the report).
+    public var errors: [String] { shared.withLock { $0.writeErrors + $0.streamErrors } }
+
+    /// Ends the watch threads at their next line; their streams close when the
+    /// process or the agents end.
+    public func stop() { stopped.store(true, ordering: .relaxed) }
+
+    private func counts() -> (sent: Int, visible: Int) {
+        shared.withLock { s in
+            (s.writes.count, s.writes.filter { w in w.answeredAt != nil && s.seenCount[w.id] == nodes.count }.count)
+        }
+    }
+
+    private func allVisible() -> Bool {
+        shared.withLock { s in s.writes.allSatisfy { w in w.answeredAt == nil || s.seenCount[w.id] == nodes.count } }
+    }
+
+    private func write(from node: Int, slots: [Int], start: UInt64, interval: Double) {
+        let connection = HTTPClient.KeepAlive(nodes[node].client)
+        for slot in slots {
+            let due = start + UInt64(Double(slot) * interval)
+            let now = Self.now()
+            if due > now + 50_000 { usleep(UInt32((due - now) / 1000)) }
+            let id = idBase + Int64(slot)
+            let sql = "INSERT INTO \(table) (id, node) VALUES (\(id), '\(nodes[node].name)')"
+            let body = Data("[\(jsonString(sql))]".utf8)
+            let sentAt = Self.now()
+            var answeredAt: UInt64?
+            var failure: String?
+            do {
+                let response = try connection.send("POST", "/v1/transactions", body: body)
+                if response.status == 200 { answeredAt = Self.now() } else { failure = "\(response.status) \(response.text)" }
+            } catch {
+                failure = "\(error)"
+            }
+            shared.withLock { s in
+                s.writes.append(ProbeMeasurements.Write(id: id, origin: node, sentAt: sentAt, answeredAt: answeredAt))
+                if let failure, s.writeErrors.count < 20 { s.writeErrors.append("\(nodes[node].name): write \(id): \(failure)") }
+            }
+        }
+    }
+
+    /// Deletes this run's probe rows through the first writer (one transaction).
+    public func deleteProbes(count: Int) throws {
+        let sql = "DELETE FROM \(table) WHERE id >= \(idBase) AND id < \(idBase + Int64(count))"
+        let response = try nodes[writers[0]].client.send("POST", "/v1/transactions", body: Data("[\(jsonString(sql))]".utf8))
+        guard response.status == 200 else { throw ProbeError("deleting probe rows: \(response.status) \(response.text)") }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds (true) or `timeout` passes (false).
+func pollUntil(_ timeout: Duration, _ condition: () -> Bool) -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        if condition() { return true }
+        if ContinuousClock.now >= deadline { return false }
+        usleep(10_000)
+    }
+}
+
+func jsonString(_ s: String) -> String {
+    let data = try! JSONSerialization.data(withJSONObject: [s], options: [.withoutEscapingSlashes])
+    return String(decoding: data.dropFirst().dropLast(), as: UTF8.self)
+}

@@ -1,0 +1,110 @@
+import Foundation
+import PatinaNode
+
+/// `patina bench regions`: a local cluster of real agents whose node-to-node
+/// traffic all passes through the WAN emulator, probe writes on nodes of every
+/// region at a fixed rate, and the time until each is visible on every node.
+public struct RegionsBenchmark: Sendable {
+    public var topology: WANTopology
+    public var writes = 1000
+    public var rate = 100.0
+    /// The `patina` executable that runs the agents.
+    public var agentExecutable: String
+    /// Scratch directory for certificates, configs and databases (removed afterwards).
+    public var directory: String
+    /// Keep the directory (configs, logs, databases) for a post-mortem.
+    public var keep = false
+    /// Warm-up rounds (one write per node each, not measured) before the run.
+    public var warmUpRounds = 3
+    public var seed = UInt64.random(in: 0...UInt64.max)
+
+    public static let probeSchema = "CREATE TABLE patina_probe (id INTEGER NOT NULL PRIMARY KEY, node TEXT NOT NULL DEFAULT '');\n"
+
+    public init(topology: WANTopology, agentExecutable: String, directory: String) {
+        self.topology = topology
+        self.agentExecutable = agentExecutable
+        self.directory = directory
+    }
+
+    public struct Outcome: Sendable {
+        public var report: LatencyReport
+        public var emulator: WANStats
+        public var errors: [String]
+    }
+
+    /// Node names: region name and index, `fra1`, `fra2`, …
+    public var nodeSpecs: [(name: String, region: String)] {
+        topology.regions.flatMap { region in (1...max(1, region.nodes)).map { ("\(region.name)\($0)", region.name) } }
+    }
+
+    /// Builds, measures, and tears everything down (also when it throws).
+    /// - Parameter cleanup: where undo steps are registered for an interrupt (Ctrl-C).
+    public func run(commandLine: String, cleanup: CleanupOnSignal? = nil,
+                    progress: @escaping @Sendable (String) -> Void) throws -> Outcome {
+        try? FileManager.default.removeItem(atPath: directory)
+        let specs = nodeSpecs
+        progress("certificates and configs for \(specs.count) nodes in \(topology.regions.count) regions")
+        let cluster = try LocalCluster(root: directory, agentExecutable: agentExecutable, nodes: specs, schema: Self.probeSchema)
+        let keep = self.keep
+        let removeCluster: @Sendable () -> Void = { if keep { cluster.stop() } else { cluster.remove() } }
+        let clusterCleanup = cleanup?.add(removeCluster)
+        defer {
+            removeCluster()
+            if let clusterCleanup { cleanup?.remove(clusterCleanup) }
+        }
+        let emulator = try WANEmulator(
+            nodes: cluster.nodes.map { WANNode(name: $0.name, region: $0.region, realAddress: $0.gossipAddress) },
+            topology: topology, seed: seed)
+        let emulatorCleanup = cleanup?.add { emulator.stop() }
+        defer {
+            emulator.stop()
+            if let emulatorCleanup { cleanup?.remove(emulatorCleanup) }
+        }
+        try emulator.start()
+        // Everyone dials relays only; the first node of each region seeds the rest.
+        let seeds = topology.regions.compactMap { region in cluster.nodes.first { $0.region == region.name } }
+            .map { emulator.relayAddresses[$0.name]! }
+        try cluster.writeConfigs(externalAddress: { emulator.relayAddresses[$0.name]! }, bootstrap: seeds)
+
+        progress("starting \(cluster.nodes.count) agents (logs in \(directory))")
+        try cluster.start()
+        try cluster.waitUntilConverged(timeout: .seconds(60))
+
+        let probeNodes = cluster.nodes.map { ProbeNode(name: $0.name, region: $0.region, client: $0.client) }
+        let warmUp = ProbeRun(nodes: probeNodes, writers: Array(probeNodes.indices), idBase: 1)
+        try warmUp.startWatching()
+        let settle = Duration.milliseconds(Int64(4 * topology.maxOneWayMilliseconds)) + .seconds(10)
+        progress("warming up: \(warmUpRounds) rounds of one write per node (connections, RTT estimates)")
+        for _ in 0..<warmUpRounds {
+            _ = try warmUp.run(count: probeNodes.count, rate: Double(probeNodes.count) * 10, settle: settle,
+                               rttMilliseconds: Array(repeating: 0, count: probeNodes.count))
+            }
+        warmUp.stop()
+        if (try? cluster.waitForRTTs(timeout: .seconds(10))) == nil {
+            progress("note: some members have no RTT estimate yet; broadcast orders them by name")
+        }
+
+        let probe = ProbeRun(nodes: probeNodes, writers: Array(probeNodes.indices), idBase: 1_000_000)
+        try probe.startWatching()
+        let rtts = try probe.measureRTTs()
+        progress("measuring: \(writes) writes at \(rate)/s on all \(probeNodes.count) nodes in turn")
+        let total = writes
+        let measured = try probe.run(count: writes, rate: rate, settle: settle, rttMilliseconds: rtts) { sent, visible in
+            progress("  \(sent)/\(total) written, \(visible) visible everywhere")
+        }
+        probe.stop()
+
+        let metadata = LatencyReport.Metadata(
+            title: "patina bench regions: \(probeNodes.count) nodes in \(topology.regions.count) regions",
+            commandLine: commandLine, writesPerSecond: rate, lossPercent: topology.loss * 100, date: Date())
+        let report = LatencyReport(
+            metadata: metadata,
+            nodes: probeNodes.map { LatencyReport.Node(name: $0.name, region: $0.region) },
+            writes: measured.acceptedWrites.map { LatencyReport.Write(id: $0.id, originRegion: $0.originRegion, originNode: $0.originNode) },
+            observations: measured.observations(),
+            floorMilliseconds: { topology.oneWayMilliseconds(from: $0, to: $1) })
+        var errors = probe.errors
+        if measured.failedWrites > 0 { errors.insert("\(measured.failedWrites) writes failed", at: 0) }
+        return Outcome(report: report, emulator: emulator.stats, errors: errors)
+    }
+}
