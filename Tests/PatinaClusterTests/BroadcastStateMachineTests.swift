@@ -101,6 +101,31 @@ import Testing
         #expect(m.pendingCount == 0)
     }
 
+    @Test func retransmissionStopsOnceCopiesComeBack() {
+        var m = machine(membersWithRTT(200)) { $0.ring0Nearest = 0; $0.ring0Latency = .zero; $0.stopAfterDuplicates = 2 }
+        let relayed = makeChangeset(other, version: 1)
+        var d = m.received([relayed], from: "m7", now: .zero)
+        for s in d.sends { _ = m.sendCompleted(s.peer) }
+        #expect(m.pendingCount == 1)
+        // One copy back: still retransmitted.
+        _ = m.received([relayed], from: "m8", now: .milliseconds(10))
+        #expect(m.pendingCount == 1)
+        d = m.tick(now: .milliseconds(100))
+        #expect(!d.sends.isEmpty)
+        for s in d.sends { _ = m.sendCompleted(s.peer) }
+        // A second copy: the rumour is known around here; no more sends.
+        _ = m.received([relayed], from: "m9", now: .milliseconds(150))
+        #expect(m.pendingCount == 0)
+        #expect(m.tick(now: .seconds(10)).sends.isEmpty)
+        // The same for a local change whose copies come back through relays.
+        let mine = makeChangeset(me, version: 1)
+        d = m.localCommit([mine], now: .seconds(11))
+        for s in d.sends { _ = m.sendCompleted(s.peer) }
+        _ = m.received([mine], from: "m3", now: .seconds(11))
+        _ = m.received([mine], from: "m4", now: .seconds(11))
+        #expect(m.pendingCount == 0)
+    }
+
     @Test func smallChangesetsBatchOnlyWhileASendIsInFlight() {
         var m = machine([BroadcastMember(id: "p", rtt: .milliseconds(1))]) { $0.maxTransmissions = 1 }
         let a = makeChangeset(me, version: 1), b = makeChangeset(me, version: 2), c = makeChangeset(me, version: 3)
