@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 swift build --build-tests
-heavy="ClusterProcessTests|AgentProcessTests|SimulationTests"
+heavy="ClusterProcessTests|AgentProcessTests|RegionsProcessTests|SimulationTests"
 swift test --skip-build --skip "$heavy" "$@"
 swift test --skip-build --filter "SimulationTests" "$@"
-swift test --skip-build --filter "AgentProcessTests|ClusterProcessTests" "$@"
+swift test --skip-build --filter "AgentProcessTests|ClusterProcessTests|RegionsProcessTests" "$@"

@@ -17,5 +17,5 @@ struct Patina: AsyncParsableCommand {
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure the store, the links between nodes, and the cluster.",
-        subcommands: [BenchStore.self, BenchAPI.self, BenchLink.self, BenchRegions.self])
+        subcommands: [BenchStore.self, BenchAPI.self, BenchLink.self, BenchRegions.self, BenchLive.self])
 }

@@ -297,14 +297,27 @@ struct Unexpected: Error {}
         #expect(peers.count == 3 + 1, "ring 0 (3 nearest) plus a fanout of 1: \(peers)")
     }
 
-    @Test func relaysGoToEveryOtherMemberOfThisRegion() {
+    @Test func relaysStayInTheRegionWhenEveryoneHasOne() {
         for seed in 1...20 as ClosedRange<UInt64> {
             var m = machine(seed: seed)
-            let d = m.received([makeChangeset(clusterTestActor(9), version: 1)], from: "a1", now: .zero)
-            let peers = d.sends.map(\.peer)
-            #expect(peers.contains("a2"), "seed \(seed): \(peers)")
-            #expect(!peers.contains("a1"), "never back to the sender")
-            #expect(peers.count == 2, "a2 plus a fanout of 1: \(peers)")
+            let d = m.received([makeChangeset(clusterTestActor(9), version: 1)], from: "b1", now: .zero)
+            #expect(d.sends.map(\.peer).sorted() == ["a1", "a2"], "seed \(seed)")
+            #expect(m.pendingCount == 0, "relays are not retransmitted")
+            for send in d.sends { _ = m.sendCompleted(send.peer) }
+            let fromSibling = m.received([makeChangeset(clusterTestActor(9), version: 2)], from: "a1", now: .zero)
+            #expect(fromSibling.sends.map(\.peer) == ["a2"], "never back to the sender")
         }
+    }
+
+    @Test func aMemberWithoutRegionBringsBackTheRandomRelayFanout() {
+        var config = BroadcastConfig()
+        config.region = "a"
+        config.minFanout = 1
+        var m = BroadcastStateMachine(localActor: me, config: config, rng: SplitMix64(seed: 5))
+        _ = m.membersChanged(regionMembers() + [BroadcastMember(id: "x", rtt: .milliseconds(50))])
+        let d = m.received([makeChangeset(clusterTestActor(9), version: 1)], from: "a1", now: .zero)
+        let peers = d.sends.map(\.peer)
+        #expect(peers.contains("a2") && peers.count == 2, "a2 plus a fanout of 1: \(peers)")
+        #expect(m.pendingCount == 1, "and retransmission")
     }
 }

@@ -16,6 +16,8 @@ public final class LocalCluster: @unchecked Sendable {
         public let region: String
         public let directory: String
         public let apiPort: Int
+        /// Prometheus metrics at `http://127.0.0.1:PORT/metrics`.
+        public let metricsPort: Int
         /// The UDP port the node's QUIC endpoint binds on 127.0.0.1.
         public let gossipPort: Int
         public var gossipAddress: String { "127.0.0.1:\(gossipPort)" }
@@ -27,6 +29,10 @@ public final class LocalCluster: @unchecked Sendable {
     public let root: String
     public let nodes: [Node]
     public let agentExecutable: String
+    /// Agents run this much nicer than the benchmark (`nice -n`), so the WAN
+    /// emulator and the probe watchers, which stand for the network and the
+    /// observer, are not starved by the system under test on a small machine.
+    public var niceness = 5
     private let lock = NSLock()
     private var processes: [Process] = []
 
@@ -48,6 +54,7 @@ public final class LocalCluster: @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             return Node(name: spec.name, region: spec.region, directory: directory,
                         apiPort: try Self.freePort(tcp: true, excluding: &apiPorts),
+                        metricsPort: try Self.freePort(tcp: true, excluding: &apiPorts),
                         gossipPort: try Self.freePort(tcp: false, excluding: &gossipPorts))
         }
     }
@@ -72,6 +79,9 @@ public final class LocalCluster: @unchecked Sendable {
                 [admin]
                 path = "\(node.directory)/admin.sock"
 
+                [telemetry]
+                prometheus_addr = "127.0.0.1:\(node.metricsPort)"
+
                 [log]
                 level = "warning"
 
@@ -94,8 +104,8 @@ public final class LocalCluster: @unchecked Sendable {
     public func start() throws {
         for node in nodes {
             let process = Process()
-            process.executableURL = URL(fileURLWithPath: agentExecutable)
-            process.arguments = ["agent", "--config", node.configPath]
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/nice")
+            process.arguments = ["-n", "\(niceness)", agentExecutable, "agent", "--config", node.configPath]
             FileManager.default.createFile(atPath: node.logPath, contents: nil)
             let log = try FileHandle(forWritingTo: URL(fileURLWithPath: node.logPath))
             process.standardOutput = log

@@ -29,6 +29,9 @@ public struct RegionsBenchmark: Sendable {
     public struct Outcome: Sendable {
         public var report: LatencyReport
         public var emulator: WANStats
+        /// The nodes' own `patina_propagation_lag_seconds` histograms, summed over
+        /// nodes: origin region → (count, sum in seconds).
+        public var nodeLagByOriginRegion: [String: (count: Double, sumSeconds: Double)]
         public var errors: [String]
     }
 
@@ -93,6 +96,7 @@ public struct RegionsBenchmark: Sendable {
             progress("  \(sent)/\(total) written, \(visible) visible everywhere")
         }
         probe.stop()
+        let lag = Self.scrapeLag(cluster.nodes)
 
         let metadata = LatencyReport.Metadata(
             title: "patina bench regions: \(probeNodes.count) nodes in \(topology.regions.count) regions",
@@ -105,6 +109,24 @@ public struct RegionsBenchmark: Sendable {
             floorMilliseconds: { topology.oneWayMilliseconds(from: $0, to: $1) })
         var errors = probe.errors
         if measured.failedWrites > 0 { errors.insert("\(measured.failedWrites) writes failed", at: 0) }
-        return Outcome(report: report, emulator: emulator.stats, errors: errors)
+        return Outcome(report: report, emulator: emulator.stats, nodeLagByOriginRegion: lag, errors: errors)
+    }
+
+    /// Sums every node's lag histogram per `origin_region` label.
+    static func scrapeLag(_ nodes: [LocalCluster.Node]) -> [String: (count: Double, sumSeconds: Double)] {
+        var totals: [String: (count: Double, sumSeconds: Double)] = [:]
+        for node in nodes {
+            let client = HTTPClient(target: .tcp(host: "127.0.0.1", port: node.metricsPort))
+            guard let text = try? client.send("GET", "/metrics").text else { continue }
+            for line in text.split(separator: "\n") where line.hasPrefix("patina_propagation_lag_seconds_") {
+                guard let labelStart = line.range(of: "origin_region=\""),
+                      let labelEnd = line[labelStart.upperBound...].firstIndex(of: "\""),
+                      let value = line.split(separator: " ").last.flatMap({ Double($0) }) else { continue }
+                let region = String(line[labelStart.upperBound..<labelEnd])
+                if line.hasPrefix("patina_propagation_lag_seconds_count") { totals[region, default: (0, 0)].count += value }
+                if line.hasPrefix("patina_propagation_lag_seconds_sum") { totals[region, default: (0, 0)].sumSeconds += value }
+            }
+        }
+        return totals
     }
 }

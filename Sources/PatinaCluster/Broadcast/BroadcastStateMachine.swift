@@ -103,9 +103,12 @@ public struct BroadcastMetrics: Hashable, Sendable {
 ///   nearest members by RTT, to the `perRegion` nearest members of every
 ///   region, and to a random fanout of the others. Across regions the direct
 ///   path is the fastest there is: a relay hop costs a second long link.
-/// - A received changeset not seen before is applied and relayed to the other
-///   members of this node's region and to a random fanout, never back to its
-///   sender; seen keys (actor, versions, seqs) are remembered in a bounded FIFO.
+/// - A received changeset not seen before is applied and relayed, never back
+///   to its sender: when this node and every member have a region, only to
+///   the other members of this region (at most `ring0Limit`, once, no
+///   retransmission: the origin covers the long links); otherwise to the
+///   members of this region and a random fanout. Seen keys (actor, versions,
+///   seqs) are remembered in a bounded FIFO.
 /// - Each item is sent up to `maxTransmissions` times, to fresh targets, with
 ///   delays growing linearly (`retransmitDelay · sendCount`), as Corrosion does,
 ///   unless `stopAfterDuplicates` copies of it came back first.
@@ -164,8 +167,10 @@ public struct BroadcastStateMachine: Sendable {
     /// Ring 0 plus the nearest `perRegion` members of every region: where a local change goes first.
     private var directTargets: [String] = []
     private var directSet: Set<String> = []
-    /// Members of this node's own region (relay targets).
+    /// Members of this node's own region, nearest first.
     private var sameRegion: [String] = []
+    /// This node and every member have a region: relays stay within the region.
+    private var regional = false
     private var peers: [String: PeerState] = [:]
     private var pending: [ItemKey: Item] = [:]
     private var seen: Set<ItemKey> = []
@@ -235,6 +240,7 @@ public struct BroadcastStateMachine: Sendable {
         }
         directSet = Set(directTargets)
         sameRegion = config.region.map { mine in byDistance.filter { members[$0]?.region == mine } } ?? []
+        regional = config.region != nil && !members.isEmpty && members.values.allSatisfy { $0.region != nil }
         // Forget peers that left; their queued entries are dropped (sync repairs).
         for id in peers.keys where members[id] == nil {
             metrics.droppedQueued += peers[id]!.queue.count
@@ -281,9 +287,17 @@ public struct BroadcastStateMachine: Sendable {
             for chunk in c.split(maxBytes: config.maxChunkBytes) {
                 let chunkKey = ItemKey(chunk)
                 if chunkKey != key { remember(chunkKey) }
-                let local = sameRegion.filter { $0 != peer }
-                let targets = local + chooseRandom(fanout, excluding: Set(local).union([peer]))
-                startItem(chunkKey, chunk, targets: targets, source: peer, now: now, touched: &touched)
+                if regional {
+                    // The origin already reached every region directly; spread it here,
+                    // in short hops, and leave the long links alone.
+                    let local = sameRegion.filter { $0 != peer }
+                    let targets = local.count <= config.ring0Limit ? local : chooseRandom(config.ring0Limit, among: local)
+                    startItem(chunkKey, chunk, targets: targets, source: peer, now: now, touched: &touched, retransmit: false)
+                } else {
+                    let local = sameRegion.filter { $0 != peer }
+                    let targets = local + chooseRandom(fanout, excluding: Set(local).union([peer]))
+                    startItem(chunkKey, chunk, targets: targets, source: peer, now: now, touched: &touched)
+                }
             }
         }
         var directives: [BroadcastDirective] = []
@@ -339,11 +353,11 @@ public struct BroadcastStateMachine: Sendable {
     // MARK: Internals
 
     private mutating func startItem(_ key: ItemKey, _ changeset: Changeset, targets: [String], source: String?,
-                                    now: Duration, touched: inout [String]) {
+                                    now: Duration, touched: inout [String], retransmit: Bool = true) {
         let item = Item(changeset: changeset, bytes: ChangesetCodec.encodedSize(changeset), sendCount: 1,
                         nextSendAt: now + config.retransmitDelay, sentTo: Set(targets), source: source, order: takeOrder())
         for t in targets { enqueue(t, key: key, item: item, touched: &touched) }
-        guard maxTransmissions > 1, targets.count < members.count - (source == nil ? 0 : 1) else { return }
+        guard retransmit, maxTransmissions > 1, targets.count < members.count - (source == nil ? 0 : 1) else { return }
         pending[key] = item
         if pending.count > config.maxPendingItems {
             // Evict the most-sent, then oldest item.
@@ -427,8 +441,13 @@ public struct BroadcastStateMachine: Sendable {
 
     /// Up to `k` distinct random members outside `excluding`.
     private mutating func chooseRandom(_ k: Int, excluding: Set<String>) -> [String] {
+        chooseRandom(k, among: byDistance.filter { !excluding.contains($0) })
+    }
+
+    /// Up to `k` distinct random elements of `candidates`.
+    private mutating func chooseRandom(_ k: Int, among candidates: [String]) -> [String] {
         guard k > 0 else { return [] }
-        var candidates = byDistance.filter { !excluding.contains($0) }
+        var candidates = candidates
         if candidates.count <= k { return candidates }
         for i in 0..<k {
             let j = i + Int(rng.next() % UInt64(candidates.count - i))

@@ -1,0 +1,81 @@
+import Foundation
+@testable import PatinaBench
+import Testing
+
+/// `patina bench regions` end to end on the small topology: real agents, real
+/// QUIC with mutual TLS, every datagram through the WAN emulator.
+@Suite struct RegionsProcessTests {
+    /// The `patina` built next to the test binary, or `PATINA_BINARY`.
+    static var binary: String {
+        if let path = ProcessInfo.processInfo.environment["PATINA_BINARY"] { return path }
+        return URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("patina").path
+    }
+
+    static var smallTopology: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("config/regions/small.toml").path
+    }
+
+    @Test(.timeLimit(.minutes(3))) func shortRunReportsEveryPairAboveThePhysicalFloor() throws {
+        let topology = try WANTopology.load(path: Self.smallTopology)
+        var bench = RegionsBenchmark(
+            topology: topology, agentExecutable: Self.binary,
+            directory: NSTemporaryDirectory() + "patina-regions-test-\(UUID().uuidString.prefix(8))")
+        bench.writes = 60
+        bench.rate = 30
+        bench.warmUpRounds = 1
+        let outcome = try bench.run(commandLine: "test", progress: { print($0) })
+        let report = outcome.report
+        print(report.table())
+        #expect(!FileManager.default.fileExists(atPath: bench.directory), "scratch directory removed")
+        #expect(outcome.errors.isEmpty, "\(outcome.errors)")
+        #expect(report.writeCount == 60)
+        #expect(report.missingWrites == 0)
+
+        // Nothing beats the shortest path through the emulated links (less jitter per hop).
+        let regions = topology.regions.map(\.name)
+        let shortest = Self.shortestPaths(regions, topology)
+        let pairs = report.pairs
+        #expect(pairs.count == regions.count * (regions.count - 1))
+        for pair in pairs {
+            let fastest = try #require(pair.latency.observed.first)
+            let bound = shortest[pair.from]![pair.to]! - 2 * topology.jitterMilliseconds - 0.5
+            #expect(fastest >= bound, "\(pair.from)→\(pair.to): \(fastest) ms beats the emulated path (\(bound) ms)")
+            #expect(pair.floorMilliseconds == topology.oneWayMilliseconds(from: pair.from, to: pair.to))
+        }
+        let p50 = try #require(report.everywhere.p50.milliseconds)
+        #expect(p50 >= Self.eccentricity(shortest) - 2 * topology.jitterMilliseconds - 0.5)
+        #expect(outcome.emulator.forwarded > 0 && outcome.emulator.droppedUnknownSource == 0)
+
+        // Every node labels its own lag histogram by the origin's region.
+        for region in regions {
+            let lag = try #require(outcome.nodeLagByOriginRegion[region], "no lag samples labelled \(region)")
+            #expect(lag.count >= 2 * 20, "\(region): \(lag.count) applies")
+        }
+
+        let json = try #require(JSONSerialization.jsonObject(with: report.json()) as? [String: Any])
+        let overall = try #require(json["overall"] as? [String: Any])
+        for key in ["p50_ms", "p99_ms", "max_ms"] { #expect(overall[key] is Double, "overall.\(key)") }
+        #expect(json["max_one_way_ms"] as? Double == topology.maxOneWayMilliseconds)
+        let jsonPairs = try #require(json["pairs"] as? [[String: Any]])
+        #expect(jsonPairs.count == pairs.count)
+        for pair in jsonPairs {
+            for key in ["from", "to", "p50_ms", "p99_ms", "max_ms", "floor_ms"] { #expect(pair[key] != nil, "pairs[].\(key)") }
+        }
+    }
+
+    /// Floyd–Warshall over the one-way delays.
+    static func shortestPaths(_ regions: [String], _ topology: WANTopology) -> [String: [String: Double]] {
+        var d: [String: [String: Double]] = [:]
+        for a in regions { for b in regions { d[a, default: [:]][b] = a == b ? 0 : topology.oneWayMilliseconds(from: a, to: b) } }
+        for k in regions { for i in regions { for j in regions where d[i]![k]! + d[k]![j]! < d[i]![j]! {
+            d[i]![j] = d[i]![k]! + d[k]![j]!
+        } } }
+        return d
+    }
+
+    /// The smallest, over origins, of the farthest shortest path: no write can be everywhere sooner.
+    static func eccentricity(_ d: [String: [String: Double]]) -> Double {
+        d.values.map { $0.values.max()! }.min()!
+    }
+}
