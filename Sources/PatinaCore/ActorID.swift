@@ -13,13 +13,20 @@ public struct ActorID: Hashable, Comparable, Sendable, CustomStringConvertible {
         withUnsafeBytes(of: uuid.uuid) { Array($0) }
     }
 
+    // Inlinable so callers get a specialized copy: decoding a changeset builds
+    // one actor id per change, and the unspecialized generic showed in profiles.
+    @inlinable
     public init?(bytes: some Collection<UInt8>) {
         guard bytes.count == 16 else { return nil }
         var raw = uuid_t(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         withUnsafeMutableBytes(of: &raw) { dst in
-            for (i, b) in bytes.enumerated() { dst[i] = b }
+            var i = 0
+            for b in bytes {
+                dst[i] = b
+                i += 1
+            }
         }
-        self.uuid = UUID(uuid: raw)
+        self.init(UUID(uuid: raw))
     }
 
     public init?(string: String) {
@@ -31,6 +38,12 @@ public struct ActorID: Hashable, Comparable, Sendable, CustomStringConvertible {
 
     /// Byte-wise order: the merge rule's last tie-breaker, identical on every node.
     public static func < (lhs: ActorID, rhs: ActorID) -> Bool {
-        lhs.bytes.lexicographicallyPrecedes(rhs.bytes)
+        // Without allocating: merges compare actors once per conflicting cell.
+        withUnsafeBytes(of: lhs.uuid.uuid) { a in
+            withUnsafeBytes(of: rhs.uuid.uuid) { b in
+                for i in 0..<16 where a[i] != b[i] { return a[i] < b[i] }
+                return false
+            }
+        }
     }
 }
