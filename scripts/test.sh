@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 swift build --build-tests
-heavy="ClusterProcessTests|AgentProcessTests|RegionsProcessTests|SimulationTests"
+heavy="ClusterProcessTests|AgentProcessTests|RegionsProcessTests|LiveProcessTests|SimulationTests"
 swift test --skip-build --skip "$heavy" "$@"
 swift test --skip-build --filter "SimulationTests" "$@"
-swift test --skip-build --filter "AgentProcessTests|ClusterProcessTests|RegionsProcessTests" "$@"
+swift test --skip-build --filter "AgentProcessTests|ClusterProcessTests|RegionsProcessTests|LiveProcessTests" "$@"

@@ -79,3 +79,40 @@ import Testing
         d.values.map { $0.values.max()! }.min()!
     }
 }
+
+/// `patina bench live` against a running three-node cluster (no emulator).
+@Suite struct LiveProcessTests {
+    @Test(.timeLimit(.minutes(2))) func measuresEveryNodeAndRemovesItsProbeRows() throws {
+        let root = NSTemporaryDirectory() + "patina-live-test-\(UUID().uuidString.prefix(8))"
+        let cluster = try LocalCluster(
+            root: root, agentExecutable: RegionsProcessTests.binary,
+            nodes: [("a", "here"), ("b", "here"), ("c", "here")], schema: RegionsBenchmark.probeSchema)
+        defer { cluster.remove() }
+        try cluster.writeConfigs(externalAddress: { $0.gossipAddress }, bootstrap: [cluster.nodes[0].gossipAddress])
+        try cluster.start()
+        try cluster.waitUntilConverged(timeout: .seconds(60))
+
+        var bench = LiveBenchmark(apis: try cluster.nodes.map { try LiveBenchmark.target("http://127.0.0.1:\($0.apiPort)/") })
+        bench.writes = 30
+        bench.rate = 30
+        let outcome = try bench.run(commandLine: "test", progress: { print($0) })
+        print(outcome.report.table())
+        #expect(outcome.errors.isEmpty, "\(outcome.errors)")
+        #expect(outcome.rttMilliseconds.count == 3 && outcome.rttMilliseconds.values.allSatisfy { $0 > 0 && $0 < 1000 })
+        let report = outcome.report
+        #expect(report.writeCount == 30 && report.missingWrites == 0)
+        // Writes go through the first API: one pair to each other node, no floors.
+        let first = "127.0.0.1:\(cluster.nodes[0].apiPort)"
+        #expect(report.pairs.map(\.from) == [first, first])
+        #expect(report.pairs.allSatisfy { $0.floorMilliseconds == nil && $0.latency.count == 30 })
+
+        // The probe rows are deleted afterwards, on every node.
+        for node in cluster.nodes {
+            let gone = pollUntil(.seconds(20)) {
+                let text = try? node.client.send("POST", "/v1/queries", body: Data("\"SELECT count(*) FROM patina_probe\"".utf8)).text
+                return text?.contains("[0]") == true
+            }
+            #expect(gone, "probe rows left on \(node.name)")
+        }
+    }
+}
