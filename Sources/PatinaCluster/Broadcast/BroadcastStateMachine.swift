@@ -106,7 +106,8 @@ public struct BroadcastMetrics: Hashable, Sendable {
 /// - A received changeset not seen before is applied and relayed, never back
 ///   to its sender: when this node and every member have a region, only to
 ///   the other members of this region (at most `ring0Limit`, once, no
-///   retransmission: the origin covers the long links); otherwise to the
+///   retransmission: the origin covers the long links), and only when it came
+///   from outside the region (a sibling already told the region); otherwise to the
 ///   members of this region and a random fanout. Seen keys (actor, versions,
 ///   seqs) are remembered in a bounded FIFO.
 /// - Each item is sent up to `maxTransmissions` times, to fresh targets, with
@@ -289,10 +290,14 @@ public struct BroadcastStateMachine: Sendable {
                 if chunkKey != key { remember(chunkKey) }
                 if regional {
                     // The origin already reached every region directly; spread it here,
-                    // in short hops, and leave the long links alone.
+                    // in short hops, and leave the long links alone. A copy from a
+                    // sibling needs no relay when the sibling could tell the whole region.
                     let local = sameRegion.filter { $0 != peer }
-                    let targets = local.count <= config.ring0Limit ? local : chooseRandom(config.ring0Limit, among: local)
-                    startItem(chunkKey, chunk, targets: targets, source: peer, now: now, touched: &touched, retransmit: false)
+                    let fromSibling = sameRegion.contains(peer)
+                    if !(fromSibling && sameRegion.count <= config.ring0Limit) {
+                        let targets = local.count <= config.ring0Limit ? local : chooseRandom(config.ring0Limit, among: local)
+                        startItem(chunkKey, chunk, targets: targets, source: peer, now: now, touched: &touched, retransmit: false)
+                    }
                 } else {
                     let local = sameRegion.filter { $0 != peer }
                     let targets = local + chooseRandom(fanout, excluding: Set(local).union([peer]))
