@@ -145,4 +145,26 @@ import Testing
         )
         #expect(t - healedAt <= ms(10_000))
     }
+
+    @Test func membersFartherThanTheProbeTimeoutAreNotSuspected() throws {
+        // One-way 180–220 ms: every round trip is longer than the 300 ms probe
+        // timeout, as between Singapore and São Paulo. Timeouts follow the RTT, so
+        // nobody is suspected, even with 1% loss (an indirect probe covers a loss).
+        let n = 8
+        let net = SimNetwork(config: MembershipConfig(clusterID: 3), seed: 11)
+        net.minDelay = ms(180)
+        net.maxDelay = ms(220)
+        net.lossRate = 0.01
+        var suspicions = 0
+        net.onChange = { _, _, _, to, _ in if to == .suspect || to == .down { suspicions += 1 } }
+        for _ in 0..<n { net.addNode(bootstrap: [0]) }
+        for i in 0..<n { net.start(i, at: 0) }
+        let joined = net.run(until: ms(20_000)) { (0..<n).allSatisfy { net.state($0).liveMemberCount == n - 1 } }
+        _ = try #require(joined)
+        net.run(until: net.now + ms(10_000))  // first RTT samples
+        suspicions = 0
+        net.run(until: net.now + ms(120_000))
+        #expect(suspicions <= 2, "\(suspicions) suspicions of live members over two minutes")
+        #expect((0..<n).allSatisfy { net.state($0).liveMemberCount == n - 1 })
+    }
 }

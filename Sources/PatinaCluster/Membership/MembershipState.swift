@@ -271,7 +271,9 @@ public struct MembershipState: Sendable {
             correctSender = false
         case .ack(let seq, let target):
             if let p = probe, p.sequence == seq, p.target == target {
-                if !p.indirect, config.recordProbeRTT, target == sender.id, now >= p.sentAt {
+                // A direct ack is an RTT sample even when it came after the probe went
+                // indirect: on a long link that late ack is exactly what must be learned.
+                if config.recordProbeRTT, target == sender.id, now >= p.sentAt {
                     records[target]?.rtt.record(.membershipMicros(now - p.sentAt))
                 }
                 probe = nil
@@ -289,7 +291,8 @@ public struct MembershipState: Sendable {
             } else {
                 let mine = takeSequence()
                 relays[mine] = Relay(
-                    origin: sender.address, originSequence: seq, target: target, deadline: now + indirectTimeoutUs)
+                    origin: sender.address, originSequence: seq, target: target,
+                    deadline: now + waitFor([target], indirectTimeoutUs))
                 let address = records[target]?.address ?? targetAddress
                 out.append(.send(compose(.ping(sequence: mine), to: target), to: address))
             }
@@ -309,6 +312,16 @@ public struct MembershipState: Sendable {
         }
         tickWork(now: now, into: &out)
         return out
+    }
+
+    /// How long to wait for an answer that crosses the links to `members`: the
+    /// configured floor, or twice the largest smoothed RTT among them if that is
+    /// longer. Fixed timeouts shorter than a WAN link's RTT make every probe of a
+    /// far member fail (then every far member is suspected, again and again);
+    /// Lifeguard's lesson is to let the timing follow what the network does.
+    private func waitFor(_ members: [ActorID], _ floorUs: UInt64) -> UInt64 {
+        let rtt = members.compactMap { records[$0]?.rtt.smoothed?.membershipMicros }.max() ?? 0
+        return max(floorUs, 2 * rtt)
     }
 
     /// Records an RTT sample for a member (the shell feeds QUIC's estimates).
@@ -510,7 +523,7 @@ public struct MembershipState: Sendable {
     private mutating func startProbe(now: UInt64, into out: inout [MembershipDirective]) {
         guard probe == nil, let target = nextProbeTarget() else { return }
         let seq = takeSequence()
-        probe = Probe(target: target, sequence: seq, sentAt: now, indirect: false, deadline: now + probeTimeoutUs)
+        probe = Probe(target: target, sequence: seq, sentAt: now, indirect: false, deadline: now + waitFor([target], probeTimeoutUs))
         out.append(.send(compose(.ping(sequence: seq), to: target), to: records[target]!.address))
     }
 
@@ -523,9 +536,11 @@ public struct MembershipState: Sendable {
         if !p.indirect {
             // SWIM §3.1: ask k others; the ack comes back with our sequence number.
             p.indirect = true
-            p.deadline = now + indirectTimeoutUs
+            let vias = randomMembers(config.indirectProbes, excluding: p.target, allowSuspect: false)
+            // Through a relay the ack travels our RTT to it plus its RTT to the target.
+            p.deadline = now + waitFor(vias, 0) + waitFor([p.target], indirectTimeoutUs)
             probe = p
-            for via in randomMembers(config.indirectProbes, excluding: p.target, allowSuspect: false) {
+            for via in vias {
                 let body = MembershipMessage.Body.pingRequest(
                     sequence: p.sequence, target: p.target, targetAddress: target.address)
                 out.append(.send(compose(body, to: via), to: records[via]!.address))

@@ -289,9 +289,11 @@ public final class ClusterNode: Sendable {
         regions.withLock { r in
             for m in all { if let region = m.region { r[m.id] = region } }
         }
-        let alive = all.filter { $0.status == .alive }
-        await broadcastShell.membersChanged(alive.map { BroadcastMember(id: $0.address, rtt: $0.rttMin, region: $0.region) })
-        await syncShell.membersChanged(alive.map { SyncPeer(id: $0.address, rtt: $0.rttMin) })
+        // Suspects stay targets: a suspicion is a question, not a verdict, and on a
+        // lossy WAN cutting a suspect off would delay its data until sync.
+        let reachable = all.filter { $0.status != .down }
+        await broadcastShell.membersChanged(reachable.map { BroadcastMember(id: $0.address, rtt: $0.rttMin, region: $0.region) })
+        await syncShell.membersChanged(reachable.map { SyncPeer(id: $0.address, rtt: $0.rttMin) })
     }
 
     /// Feeds ngtcp2's smoothed RTT of each peer's connection to membership.
