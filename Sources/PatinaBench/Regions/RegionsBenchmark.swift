@@ -44,7 +44,10 @@ public struct RegionsBenchmark: Sendable {
     /// - Parameter cleanup: where undo steps are registered for an interrupt (Ctrl-C).
     public func run(commandLine: String, cleanup: CleanupOnSignal? = nil,
                     progress: @escaping @Sendable (String) -> Void) throws -> Outcome {
-        try? FileManager.default.removeItem(atPath: directory)
+        // The directory is removed afterwards: never take one that holds anything.
+        if let existing = try? FileManager.default.contentsOfDirectory(atPath: directory), !existing.isEmpty {
+            throw ProbeError("scratch directory \(directory) exists and is not empty; give a new or empty one")
+        }
         let specs = nodeSpecs
         progress("certificates and configs for \(specs.count) nodes in \(topology.regions.count) regions")
         let cluster = try LocalCluster(root: directory, agentExecutable: agentExecutable, nodes: specs, schema: Self.probeSchema)
