@@ -64,6 +64,43 @@ import Testing
         }
     }
 
+    @Test(.timeLimit(.minutes(2))) func interruptStopsEveryAgentAndRemovesTheScratchDirectory() throws {
+        let dir = NSTemporaryDirectory() + "patina-regions-int-\(UUID().uuidString.prefix(8))"
+        let bench = Process()
+        bench.executableURL = URL(fileURLWithPath: Self.binary)
+        bench.arguments = ["bench", "regions", "--topology", Self.smallTopology, "--writes", "100000", "--rate", "20", "--dir", dir]
+        let progress = dir + ".progress"
+        FileManager.default.createFile(atPath: progress, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: progress) }
+        bench.standardOutput = FileHandle.nullDevice
+        bench.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: progress))
+        try bench.run()
+        defer { if bench.isRunning { bench.terminate() } }
+        // Interrupt in the middle of the measurement, with all three agents running.
+        let measuring = pollUntil(.seconds(60)) {
+            let text = (try? String(contentsOfFile: progress, encoding: .utf8)) ?? ""
+            return text.contains("written") && Self.agentCount(in: dir) == 3
+        }
+        #expect(measuring)
+        kill(bench.processIdentifier, SIGINT)
+        let ended = pollUntil(.seconds(30)) { !bench.isRunning }
+        #expect(ended, "bench regions still running 30 s after SIGINT")
+        guard ended else { return }
+        #expect(bench.terminationStatus == 128 + SIGINT)
+        #expect(Self.agentCount(in: dir) == 0, "agents outlived the interrupted benchmark")
+        #expect(!FileManager.default.fileExists(atPath: dir))
+    }
+
+    /// `patina agent` processes whose command line names `dir`.
+    static func agentCount(in dir: String) -> Int {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.filter { pid in
+            guard Int(pid) != nil, let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let line = String(decoding: raw.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            return line.contains(" agent ") && line.contains(dir)
+        }.count
+    }
+
     /// Floyd–Warshall over the one-way delays.
     static func shortestPaths(_ regions: [String], _ topology: WANTopology) -> [String: [String: Double]] {
         var d: [String: [String: Double]] = [:]
