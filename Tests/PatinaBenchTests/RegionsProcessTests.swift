@@ -32,19 +32,21 @@ import Testing
         #expect(report.writeCount == 60)
         #expect(report.missingWrites == 0)
 
-        // Nothing beats the shortest path through the emulated links (less jitter per hop).
+        // Nothing beats the shortest path through the emulated links (less jitter per hop),
+        // give or take how late the origin's own event reports its commit on a busy machine.
+        let slack = 5.0
         let regions = topology.regions.map(\.name)
         let shortest = Self.shortestPaths(regions, topology)
         let pairs = report.pairs
         #expect(pairs.count == regions.count * (regions.count - 1))
         for pair in pairs {
             let fastest = try #require(pair.latency.observed.first)
-            let bound = shortest[pair.from]![pair.to]! - 2 * topology.jitterMilliseconds - 0.5
+            let bound = shortest[pair.from]![pair.to]! - 2 * topology.jitterMilliseconds - slack
             #expect(fastest >= bound, "\(pair.from)→\(pair.to): \(fastest) ms beats the emulated path (\(bound) ms)")
             #expect(pair.floorMilliseconds == topology.oneWayMilliseconds(from: pair.from, to: pair.to))
         }
         let p50 = try #require(report.everywhere.p50.milliseconds)
-        #expect(p50 >= Self.eccentricity(shortest) - 2 * topology.jitterMilliseconds - 0.5)
+        #expect(p50 >= Self.eccentricity(shortest) - 2 * topology.jitterMilliseconds - slack)
         #expect(outcome.emulator.forwarded > 0 && outcome.emulator.droppedUnknownSource == 0)
 
         // Every node labels its own lag histogram by the origin's region.
