@@ -20,7 +20,13 @@ public final class WriteTransaction {
     public func execute(_ sql: String, _ parameters: StatementParameters = .none) throws -> Int {
         let stmt = try core.prepareUserStatement(sql, parameters)
         let before = core.db.totalChanges
-        try core.runUser { while try stmt.step() {} }
+        do {
+            try core.runUser { while try stmt.step() {} }
+        } catch {
+            // A failed statement is rolled back, the cells it captured with it.
+            core.capture.needsReadBack = true
+            throw error
+        }
         return core.db.totalChanges - before == 0 ? 0 : core.db.changes
     }
 
@@ -33,8 +39,13 @@ public final class WriteTransaction {
     public func query(_ sql: String, _ parameters: StatementParameters = .none) throws -> [[SQLValue]] {
         let stmt = try core.prepareUserStatement(sql, parameters)
         var rows: [[SQLValue]] = []
-        try core.runUser {
-            while try stmt.step() { rows.append((0..<stmt.columnCount).map { stmt.value(at: $0) }) }
+        do {
+            try core.runUser {
+                while try stmt.step() { rows.append((0..<stmt.columnCount).map { stmt.value(at: $0) }) }
+            }
+        } catch {
+            core.capture.needsReadBack = true  // as in execute (RETURNING writes)
+            throw error
         }
         return rows
     }
@@ -87,6 +98,8 @@ extension StoreCore {
             let ts = hlc.tick(nowMilliseconds: now())
             capture.version = version
             capture.nextSeq = 0
+            capture.cells.removeAll(keepingCapacity: true)
+            capture.needsReadBack = false
             capture.capturing = true
             let value = try body(WriteTransaction(core: self))
             capture.capturing = false
@@ -96,13 +109,49 @@ extension StoreCore {
                        [.integer(version), .integer(lastSeq), .integer(Int64(bitPattern: ts.rawValue))])
             books[local, default: ActorBookkeeping()].applied.insert(version)
             try persistRanges(table: "__patina_bookkeeping", site: local, ranges: books[local]!.applied)
-            let changes = try readChanges(site: local, versions: version...version)[version] ?? []
-            event = CommitEvent(source: .local(version: version), rows: Self.rowKinds(changes))
+            let changes: [Change]
+            let rows: [String: [PackedPrimaryKey: RowChangeKind]]
+            if capture.needsReadBack {
+                changes = try readChanges(site: local, versions: version...version)[version] ?? []
+                rows = Self.rowKinds(changes)
+            } else {
+                // Only new rows: every cell is at col_version 1 of the row's first life.
+                (changes, rows) = Self.insertedChanges(capture.cells)
+            }
+            capture.cells.removeAll(keepingCapacity: true)
+            event = CommitEvent(source: .local(version: version), rows: rows)
             let changesets = Self.chunk(actor: actorID, version: version, changes: changes, lastSeq: lastSeq, ts: ts)
             return (value, version, changesets)
         }
         if let event { notify(event) }
         return (result.0, result.1, result.2, event)
+    }
+
+    /// The changes of a transaction that only inserted new rows, from the cells
+    /// its triggers captured (in seq order), and its rows for listeners.
+    static func insertedChanges(_ cells: [CapturedCell]) -> ([Change], [String: [PackedPrimaryKey: RowChangeKind]]) {
+        var changes: [Change] = []
+        changes.reserveCapacity(cells.count)
+        var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
+        var lastTable = ""
+        var tableRows: [PackedPrimaryKey: RowChangeKind] = [:]
+        var lastPK: [UInt8] = []
+        for cell in cells {
+            if cell.table != lastTable {
+                if !lastTable.isEmpty { rows[lastTable, default: [:]].merge(tableRows) { _, new in new } }
+                tableRows = [:]
+                lastTable = cell.table
+                lastPK = []
+            }
+            let pk = PackedPrimaryKey(bytes: cell.pk)
+            if cell.pk != lastPK {
+                tableRows[pk] = .upsert
+                lastPK = cell.pk
+            }
+            changes.append(Change(table: cell.table, pk: pk, cid: cell.cid, val: cell.val, colVersion: 1, seq: cell.seq, cl: 1))
+        }
+        if !lastTable.isEmpty { rows[lastTable, default: [:]].merge(tableRows) { _, new in new } }
+        return (changes, rows)
     }
 
     static func rowKinds(_ changes: [Change]) -> [String: [PackedPrimaryKey: RowChangeKind]] {

@@ -4,7 +4,8 @@ import PatinaCore
 /// The merge of remote changes: the CRDT rules of DESIGN.md, in one place.
 ///
 /// For an incoming change to row `pk` with causal length `cl`, against the
-/// row's local causal length `localCl` (its sentinel; 0 for an unknown row):
+/// row's local causal length `localCl` (its sentinel; 1 for a row with column
+/// clocks and no sentinel, its first life; 0 for an unknown row):
 /// 1. `cl < localCl`: the change loses.
 /// 2. An even `cl` (a delete) greater than `localCl` deletes the row and its
 ///    column clocks and records the new sentinel.
@@ -286,6 +287,14 @@ extension StoreCore {
             result = Sentinel(cl: stmt.int64(at: 0), site: stmt.int64(at: 1), version: stmt.int64(at: 2), seq: stmt.int64(at: 3))
         }
         stmt.reset()
+        if result == nil {
+            // No sentinel but column clocks: a row in its first life (cl 1).
+            let any = st.selectAnyClock
+            any.reset()
+            any.bind(key.pk.bytes, at: 1)
+            if try any.step() { result = Self.impliedFirstLife }
+            any.reset()
+        }
         ctx.sentinels[key] = result
         return result
     }
@@ -318,7 +327,16 @@ extension StoreCore {
         s.reset()
     }
 
+    /// The sentinel of a row whose first life (cl 1) is implied by its column
+    /// clocks: such sentinels are not stored (see ReplicatedTableDDL).
+    static let impliedFirstLife = Sentinel(cl: 1, site: -1, version: 0, seq: 0)
+
     private func setSentinel(_ st: TableStatements, key: RowKey, _ new: Sentinel, replacing old: Sentinel?, ctx: inout MergeContext) throws {
+        if new.cl == 1 && new.site < 0 {
+            // Rule 4 for a first life: the column clock about to be written implies it.
+            ctx.sentinels[key] = new
+            return
+        }
         try writeClock(st, pk: key.pk, cid: Change.sentinelColumn, colVersion: new.cl, version: new.version, seq: new.seq, site: new.site)
         if let old, old.site >= 0 { ctx.overwritten.insert(SiteVersion(site: old.site, version: old.version)) }
         ctx.sentinels[key] = new

@@ -5,7 +5,9 @@ import PatinaCore
 /// The store's single-threaded core: one writer connection and the in-memory
 /// mirror of its bookkeeping. ``Store`` serializes every call into it.
 final class StoreCore {
-    static let formatTag = "patina/1"
+    /// "patina/2": first-life sentinels omitted (see ReplicatedTableDDL); files
+    /// of "patina/1" are refused.
+    static let formatTag = "patina/2"
 
     let path: String
     let db: SQLiteConnection

@@ -6,6 +6,8 @@ final class TableStatements {
     let selectRow: String
     let selectSentinel: SQLiteStatement
     let selectClock: SQLiteStatement
+    /// Whether a row has any clock row (a first life has no sentinel).
+    let selectAnyClock: SQLiteStatement
     let upsertClock: SQLiteStatement
     let deleteColumnClocks: SQLiteStatement
     let deleteRow: SQLiteStatement
@@ -29,6 +31,7 @@ final class TableStatements {
             """
         selectRow = "SELECT \(t.columns.map(quoteIdentifier).joined(separator: ", ")) FROM \(table) WHERE \(keyMatch)"
         selectSentinel = try db.prepare("SELECT col_version, site, db_version, seq FROM \(clock) WHERE pk = ? AND cid = '-1'")
+        selectAnyClock = try db.prepare("SELECT 1 FROM \(clock) WHERE pk = ? LIMIT 1")
         selectClock = try db.prepare("SELECT col_version, site, db_version FROM \(clock) WHERE pk = ? AND cid = ?")
         upsertClock = try db.prepare("""
             INSERT INTO \(clock) (pk, cid, col_version, db_version, seq, site) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
