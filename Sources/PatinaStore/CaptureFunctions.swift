@@ -15,7 +15,8 @@ import PatinaCore
 /// ``cells`` instead of reading the clock tables back. Anything else — an
 /// update, a delete, an insert that met an existing clock row, a failed
 /// statement — sets ``needsReadBack`` through `patina_slow()`, and the commit
-/// reads its changes back from the clock tables as before.
+/// reads its changes back from the clocks of the rows it touched (``cells``
+/// and ``touched``).
 final class CaptureState {
     var capturing = false
     var version: Int64 = 0
@@ -24,6 +25,8 @@ final class CaptureState {
     var cells: [CapturedCell] = []
     /// True once the transaction did something ``cells`` cannot describe.
     var needsReadBack = false
+    /// Rows whose clocks were written other than through `patina_cell`.
+    var touched: [(table: String, pk: [UInt8])] = []
     /// True while user-supplied SQL runs: the authorizer then refuses writes to
     /// internal tables, DDL and transaction control.
     var userStatementsActive = false
@@ -66,19 +69,14 @@ enum CaptureFunctions {
             let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
             let seq = state.nextSeq
             state.nextSeq += 1
-            if !state.needsReadBack {
-                let n = Int(sqlite3_value_bytes(argv![3]))
-                let pk = n > 0 ? Array(UnsafeRawBufferPointer(start: sqlite3_value_blob(argv![3]), count: n)) : []
-                state.cells.append(CapturedCell(
-                    table: textValue(argv![0]), cid: textValue(argv![1]), val: sqlValue(of: argv![2]), pk: pk, seq: seq))
-            }
+            state.cells.append(CapturedCell(
+                table: textValue(argv![0]), cid: textValue(argv![1]), val: sqlValue(of: argv![2]), pk: blobValue(argv![3]), seq: seq))
             sqlite3_result_int64(ctx, seq)
         }, nil, nil, nil)
         // patina_slow(): this transaction needs its changes read back; returns 0.
         sqlite3_create_function_v2(db, "patina_slow", 0, flags, context, { ctx, _, _ in
             let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
             state.needsReadBack = true
-            state.cells.removeAll()
             sqlite3_result_int(ctx, 0)
         }, nil, nil, nil)
         sqlite3_create_function_v2(db, "patina_capturing", 0, flags, context, { ctx, _, _ in
@@ -89,8 +87,10 @@ enum CaptureFunctions {
             let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
             sqlite3_result_int64(ctx, state.version)
         }, nil, nil, nil)
-        sqlite3_create_function_v2(db, "patina_seq", 0, flags, context, { ctx, _, _ in
+        // patina_seq(table, packed pk): the next seq, for a clock write to that row.
+        sqlite3_create_function_v2(db, "patina_seq", -1, flags, context, { ctx, argc, argv in
             let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
+            if argc == 2 { state.touched.append((textValue(argv![0]), blobValue(argv![1]))) }
             sqlite3_result_int64(ctx, state.nextSeq)
             state.nextSeq += 1
         }, nil, nil, nil)
@@ -171,6 +171,12 @@ func packInteger<R>(_ v: Int64, _ body: (UnsafeRawBufferPointer) -> R) -> R {
         }
         return body(UnsafeRawBufferPointer(rebasing: raw[0..<(2 + n)]))
     }
+}
+
+private func blobValue(_ arg: OpaquePointer?) -> [UInt8] {
+    let n = Int(sqlite3_value_bytes(arg))
+    guard n > 0, let p = sqlite3_value_blob(arg) else { return [] }
+    return Array(UnsafeRawBufferPointer(start: p, count: n))
 }
 
 private func textValue(_ arg: OpaquePointer?) -> String {

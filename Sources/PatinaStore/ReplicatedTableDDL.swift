@@ -14,7 +14,6 @@ import PatinaCore
 enum ReplicatedTableDDL {
     static func clockTable(_ t: TableInfo) -> String {
         let clock = quoteIdentifier(t.clockTable)
-        let index = quoteIdentifier(t.clockTable + "_site_version")
         return """
             CREATE TABLE IF NOT EXISTS \(clock) (
                 pk BLOB NOT NULL,
@@ -25,7 +24,6 @@ enum ReplicatedTableDDL {
                 site INTEGER NOT NULL,
                 PRIMARY KEY (pk, cid)
             ) WITHOUT ROWID;
-            CREATE INDEX IF NOT EXISTS \(index) ON \(clock) (site, db_version);
             """
     }
 
@@ -64,7 +62,7 @@ enum ReplicatedTableDDL {
         // patina_slow() makes the commit read its changes back.
         func created(_ row: String, captured: Bool) -> String {
             if pkOnly {
-                let seq = captured ? "patina_cell(\(tableLiteral), '-1', NULL, \(pack(row)))" : "patina_seq()"
+                let seq = captured ? "patina_cell(\(tableLiteral), '-1', NULL, \(pack(row)))" : "patina_seq(\(tableLiteral), \(pack(row)))"
                 return """
                     INSERT INTO \(clock) \(insertCols) VALUES (\(pack(row)), '-1', 1, patina_version(), \(seq), 0)
                       ON CONFLICT (pk, cid) DO UPDATE SET col_version = col_version + 1, \(stamp)
@@ -73,7 +71,7 @@ enum ReplicatedTableDDL {
             }
             return """
                 UPDATE \(clock) SET col_version = col_version + 1 + patina_slow(), db_version = patina_version(),
-                  seq = patina_seq(), site = 0
+                  seq = patina_seq(\(tableLiteral), \(pack(row))), site = 0
                   WHERE pk = \(pack(row)) AND cid = '-1' AND col_version % 2 = 0;
                 """
         }
@@ -81,7 +79,7 @@ enum ReplicatedTableDDL {
         // re-insert starts them over (the higher causal length wins anyway).
         func deleted(_ row: String) -> String {
             """
-            INSERT INTO \(clock) \(insertCols) VALUES (\(pack(row)), '-1', 2, patina_version(), patina_seq(), 0)
+            INSERT INTO \(clock) \(insertCols) VALUES (\(pack(row)), '-1', 2, patina_version(), patina_seq(\(tableLiteral), \(pack(row))), 0)
               ON CONFLICT (pk, cid) DO UPDATE SET col_version = col_version + 1, \(stamp)
               WHERE col_version % 2 = 1;
             DELETE FROM \(clock) WHERE pk = \(pack(row)) AND cid != '-1';
@@ -92,7 +90,7 @@ enum ReplicatedTableDDL {
             let whereClause = condition.map { "WHERE \($0)" } ?? "WHERE true"
             return """
                 INSERT INTO \(clock) \(insertCols)
-                  SELECT \(pack(row)), \(sqlLiteral(column)), 1, patina_version(), patina_seq(), 0 \(whereClause)
+                  SELECT \(pack(row)), \(sqlLiteral(column)), 1, patina_version(), patina_seq(\(tableLiteral), \(pack(row))), 0 \(whereClause)
                   ON CONFLICT (pk, cid) DO UPDATE SET col_version = col_version + 1, \(stamp);
                 """
         }

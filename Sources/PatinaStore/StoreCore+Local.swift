@@ -99,6 +99,7 @@ extension StoreCore {
             capture.version = version
             capture.nextSeq = 0
             capture.cells.removeAll(keepingCapacity: true)
+            capture.touched.removeAll(keepingCapacity: true)
             capture.needsReadBack = false
             capture.capturing = true
             let value = try body(WriteTransaction(core: self))
@@ -111,6 +112,7 @@ extension StoreCore {
             try persistRanges(table: "__patina_bookkeeping", site: local, ranges: books[local]!.applied)
             let changes: [Change]
             let rows: [String: [PackedPrimaryKey: RowChangeKind]]
+            try recordKeys(site: local, version: version, keys: capture.cells.map { ($0.table, $0.pk) } + capture.touched)
             if capture.needsReadBack {
                 changes = try readChanges(site: local, versions: version...version)[version] ?? []
                 rows = Self.rowKinds(changes)
@@ -119,6 +121,7 @@ extension StoreCore {
                 (changes, rows) = Self.insertedChanges(capture.cells)
             }
             capture.cells.removeAll(keepingCapacity: true)
+            capture.touched.removeAll(keepingCapacity: true)
             event = CommitEvent(source: .local(version: version), rows: rows)
             let changesets = Self.chunk(actor: actorID, version: version, changes: changes, lastSeq: lastSeq, ts: ts)
             return (value, version, changesets)
@@ -182,38 +185,6 @@ extension StoreCore {
         return result
     }
 
-    /// The changes of `site` whose clock rows are still attributed to versions in
-    /// `versions`, with current values, grouped by version and sorted by seq.
-    func readChanges(site: Int64, versions: ClosedRange<Int64>) throws -> [Int64: [Change]] {
-        var byVersion: [Int64: [Change]] = [:]
-        for table in tables.values.sorted(by: { $0.name < $1.name }) {
-            let statements = try statements(for: table)
-            let stmt = try db.cached(statements.selectByVersion)
-            stmt.bind(site, at: 1)
-            stmt.bind(versions.lowerBound, at: 2)
-            stmt.bind(versions.upperBound, at: 3)
-            var rows: [(pk: PackedPrimaryKey, cid: String, colVersion: Int64, version: Int64, seq: Int64, cl: Int64)] = []
-            while try stmt.step() {
-                rows.append((PackedPrimaryKey(bytes: stmt.bytes(at: 0)), stmt.string(at: 1), stmt.int64(at: 2),
-                             stmt.int64(at: 3), stmt.int64(at: 4), stmt.isNull(at: 5) ? 1 : stmt.int64(at: 5)))
-            }
-            stmt.reset()
-            var rowValues: [PackedPrimaryKey: [SQLValue]] = [:]
-            for r in rows {
-                var val = SQLValue.null
-                if r.cid != Change.sentinelColumn, let columnIndex = table.columns.firstIndex(of: r.cid) {
-                    if rowValues[r.pk] == nil { rowValues[r.pk] = try readRow(table: table, pk: r.pk) }
-                    val = rowValues[r.pk]?[columnIndex] ?? .null
-                }
-                let change = Change(table: table.name, pk: r.pk, cid: r.cid, val: val,
-                                    colVersion: r.colVersion, seq: r.seq, cl: r.cl)
-                byVersion[r.version, default: []].append(change)
-            }
-        }
-        for key in byVersion.keys { byVersion[key]!.sort { $0.seq < $1.seq } }
-        return byVersion
-    }
-
     /// The non-key cells of one row, or nil when it does not exist.
     func readRow(table: TableInfo, pk: PackedPrimaryKey) throws -> [SQLValue]? {
         guard !table.columns.isEmpty else { return [] }
@@ -271,6 +242,7 @@ extension StoreCore {
                 for r in newlyCleared.ranges {
                     try db.run("DELETE FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?",
                                [.integer(site), .integer(r.lowerBound), .integer(r.upperBound)])
+                    try dropKeys(site: site, versions: r)
                 }
                 books[site]!.cleared.formUnion(newlyCleared)
                 try persistRanges(table: "__patina_cleared", site: site, ranges: books[site]!.cleared)

@@ -262,10 +262,15 @@ extension StoreCore {
             order.sort { changes[$0].seq < changes[$1].seq }
         }
         var attributed = false
+        var written: [(table: String, pk: [UInt8])] = []
         for i in order {
-            if try mergeChange(changes[i], key: keys[i], origin: origin, ctx: &ctx) { attributed = true }
+            if try mergeChange(changes[i], key: keys[i], origin: origin, ctx: &ctx) {
+                attributed = true
+                written.append((changes[i].table, changes[i].pk.bytes))
+            }
         }
         try flushPendingRows(&ctx)
+        if attributed { try recordKeys(site: origin.site, version: origin.version, keys: written) }
         books[origin.site]!.applied.insert(origin.version)
         ctx.originTimestamps.append(ts)
         if attributed {
@@ -469,18 +474,10 @@ extension StoreCore {
     private func recordClearedVersions(_ ctx: inout MergeContext) throws {
         for sv in ctx.overwritten where sv.site >= 0 {
             guard let book = books[sv.site], book.applied.contains(sv.version), !book.cleared.contains(sv.version) else { continue }
-            var alive = false
-            for table in tables.values {
-                let clock = quoteIdentifier(table.clockTable)
-                if try db.scalar("SELECT 1 FROM \(clock) WHERE site = ? AND db_version = ? LIMIT 1",
-                                 [.integer(sv.site), .integer(sv.version)]) != nil {
-                    alive = true
-                    break
-                }
-            }
-            if !alive {
+            if try !isAlive(site: sv.site, version: sv.version) {
                 books[sv.site]!.cleared.insert(sv.version)
                 try db.run("DELETE FROM __patina_versions WHERE site = ? AND version = ?", [.integer(sv.site), .integer(sv.version)])
+                try dropKeys(site: sv.site, versions: sv.version...sv.version)
                 ctx.touchedSites.insert(sv.site)
             }
         }
