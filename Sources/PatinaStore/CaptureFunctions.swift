@@ -69,8 +69,11 @@ enum CaptureFunctions {
             let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
             let seq = state.nextSeq
             state.nextSeq += 1
+            // The cells of one row arrive together: share the previous cell's key.
+            var pk: [UInt8]
+            if let last = state.cells.last, blobEquals(argv![3], last.pk) { pk = last.pk } else { pk = blobValue(argv![3]) }
             state.cells.append(CapturedCell(
-                table: textValue(argv![0]), cid: textValue(argv![1]), val: sqlValue(of: argv![2]), pk: blobValue(argv![3]), seq: seq))
+                table: textValue(argv![0]), cid: textValue(argv![1]), val: sqlValue(of: argv![2]), pk: pk, seq: seq))
             sqlite3_result_int64(ctx, seq)
         }, nil, nil, nil)
         // patina_slow(): this transaction needs its changes read back; returns 0.
@@ -171,6 +174,13 @@ func packInteger<R>(_ v: Int64, _ body: (UnsafeRawBufferPointer) -> R) -> R {
         }
         return body(UnsafeRawBufferPointer(rebasing: raw[0..<(2 + n)]))
     }
+}
+
+private func blobEquals(_ arg: OpaquePointer?, _ bytes: [UInt8]) -> Bool {
+    let n = Int(sqlite3_value_bytes(arg))
+    guard n == bytes.count else { return false }
+    guard n > 0, let p = sqlite3_value_blob(arg) else { return true }
+    return UnsafeRawBufferPointer(start: p, count: n).elementsEqual(bytes)
 }
 
 private func blobValue(_ arg: OpaquePointer?) -> [UInt8] {

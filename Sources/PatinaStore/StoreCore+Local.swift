@@ -138,18 +138,17 @@ extension StoreCore {
         var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
         var lastTable = ""
         var tableRows: [PackedPrimaryKey: RowChangeKind] = [:]
-        var lastPK: [UInt8] = []
+        var pk = PackedPrimaryKey(bytes: [])
         for cell in cells {
             if cell.table != lastTable {
                 if !lastTable.isEmpty { rows[lastTable, default: [:]].merge(tableRows) { _, new in new } }
                 tableRows = [:]
                 lastTable = cell.table
-                lastPK = []
+                pk = PackedPrimaryKey(bytes: [])
             }
-            let pk = PackedPrimaryKey(bytes: cell.pk)
-            if cell.pk != lastPK {
+            if cell.pk != pk.bytes {  // cells of one row share their key's storage (see patina_cell)
+                pk = PackedPrimaryKey(bytes: cell.pk)
                 tableRows[pk] = .upsert
-                lastPK = cell.pk
             }
             changes.append(Change(table: cell.table, pk: pk, cid: cell.cid, val: cell.val, colVersion: 1, seq: cell.seq, cl: 1))
         }

@@ -45,12 +45,15 @@ extension StoreCore {
         return pks
     }
 
-    /// Records the rows `version` of `site` wrote, by table (keys in first-seen order).
+    /// Records the rows `version` of `site` wrote, by table.
     func recordKeys(site: Int64, version: Int64, keys: [(table: String, pk: [UInt8])]) throws {
+        // Readers skip repeats; dropping the consecutive ones (cells of one row) keeps it short.
         var byTable: [String: [[UInt8]]] = [:]
-        var seen = Set<RowKey>()
-        for k in keys where seen.insert(RowKey(table: k.table, pk: PackedPrimaryKey(bytes: k.pk))).inserted {
+        var last: (table: String, pk: [UInt8])?
+        for k in keys {
+            if let last, last.table == k.table, last.pk == k.pk { continue }
             byTable[k.table, default: []].append(k.pk)
+            last = k
         }
         let stmt = try db.cached("INSERT OR REPLACE INTO __patina_keys (site, version, tbl, pks) VALUES (?, ?, ?, ?)")
         for (table, pks) in byTable {
