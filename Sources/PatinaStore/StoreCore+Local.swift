@@ -20,7 +20,13 @@ public final class WriteTransaction {
     public func execute(_ sql: String, _ parameters: StatementParameters = .none) throws -> Int {
         let stmt = try core.prepareUserStatement(sql, parameters)
         let before = core.db.totalChanges
-        try core.runUser { while try stmt.step() {} }
+        do {
+            try core.runUser { while try stmt.step() {} }
+        } catch {
+            // A failed statement is rolled back, the cells it captured with it.
+            core.capture.needsReadBack = true
+            throw error
+        }
         return core.db.totalChanges - before == 0 ? 0 : core.db.changes
     }
 
@@ -33,8 +39,13 @@ public final class WriteTransaction {
     public func query(_ sql: String, _ parameters: StatementParameters = .none) throws -> [[SQLValue]] {
         let stmt = try core.prepareUserStatement(sql, parameters)
         var rows: [[SQLValue]] = []
-        try core.runUser {
-            while try stmt.step() { rows.append((0..<stmt.columnCount).map { stmt.value(at: $0) }) }
+        do {
+            try core.runUser {
+                while try stmt.step() { rows.append((0..<stmt.columnCount).map { stmt.value(at: $0) }) }
+            }
+        } catch {
+            core.capture.needsReadBack = true  // as in execute (RETURNING writes)
+            throw error
         }
         return rows
     }
@@ -87,6 +98,9 @@ extension StoreCore {
             let ts = hlc.tick(nowMilliseconds: now())
             capture.version = version
             capture.nextSeq = 0
+            capture.cells.removeAll(keepingCapacity: true)
+            capture.touched.removeAll(keepingCapacity: true)
+            capture.needsReadBack = false
             capture.capturing = true
             let value = try body(WriteTransaction(core: self))
             capture.capturing = false
@@ -96,13 +110,50 @@ extension StoreCore {
                        [.integer(version), .integer(lastSeq), .integer(Int64(bitPattern: ts.rawValue))])
             books[local, default: ActorBookkeeping()].applied.insert(version)
             try persistRanges(table: "__patina_bookkeeping", site: local, ranges: books[local]!.applied)
-            let changes = try readChanges(site: local, versions: version...version)[version] ?? []
-            event = CommitEvent(source: .local(version: version), rows: Self.rowKinds(changes))
+            let changes: [Change]
+            let rows: [String: [PackedPrimaryKey: RowChangeKind]]
+            try recordKeys(site: local, version: version, keys: capture.cells.map { ($0.table, $0.pk) } + capture.touched)
+            if capture.needsReadBack {
+                changes = try readChanges(site: local, versions: version...version)[version] ?? []
+                rows = Self.rowKinds(changes)
+            } else {
+                // Only new rows: every cell is at col_version 1 of the row's first life.
+                (changes, rows) = Self.insertedChanges(capture.cells)
+            }
+            capture.cells.removeAll(keepingCapacity: true)
+            capture.touched.removeAll(keepingCapacity: true)
+            event = CommitEvent(source: .local(version: version), rows: rows)
             let changesets = Self.chunk(actor: actorID, version: version, changes: changes, lastSeq: lastSeq, ts: ts)
             return (value, version, changesets)
         }
         if let event { notify(event) }
         return (result.0, result.1, result.2, event)
+    }
+
+    /// The changes of a transaction that only inserted new rows, from the cells
+    /// its triggers captured (in seq order), and its rows for listeners.
+    static func insertedChanges(_ cells: [CapturedCell]) -> ([Change], [String: [PackedPrimaryKey: RowChangeKind]]) {
+        var changes: [Change] = []
+        changes.reserveCapacity(cells.count)
+        var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
+        var lastTable = ""
+        var tableRows: [PackedPrimaryKey: RowChangeKind] = [:]
+        var pk = PackedPrimaryKey(bytes: [])
+        for cell in cells {
+            if cell.table != lastTable {
+                if !lastTable.isEmpty { rows[lastTable, default: [:]].merge(tableRows) { _, new in new } }
+                tableRows = [:]
+                lastTable = cell.table
+                pk = PackedPrimaryKey(bytes: [])
+            }
+            if cell.pk != pk.bytes {  // cells of one row share their key's storage (see patina_cell)
+                pk = PackedPrimaryKey(bytes: cell.pk)
+                tableRows[pk] = .upsert
+            }
+            changes.append(Change(table: cell.table, pk: pk, cid: cell.cid, val: cell.val, colVersion: 1, seq: cell.seq, cl: 1))
+        }
+        if !lastTable.isEmpty { rows[lastTable, default: [:]].merge(tableRows) { _, new in new } }
+        return (changes, rows)
     }
 
     static func rowKinds(_ changes: [Change]) -> [String: [PackedPrimaryKey: RowChangeKind]] {
@@ -131,38 +182,6 @@ extension StoreCore {
             index = end
         }
         return result
-    }
-
-    /// The changes of `site` whose clock rows are still attributed to versions in
-    /// `versions`, with current values, grouped by version and sorted by seq.
-    func readChanges(site: Int64, versions: ClosedRange<Int64>) throws -> [Int64: [Change]] {
-        var byVersion: [Int64: [Change]] = [:]
-        for table in tables.values.sorted(by: { $0.name < $1.name }) {
-            let statements = try statements(for: table)
-            let stmt = try db.cached(statements.selectByVersion)
-            stmt.bind(site, at: 1)
-            stmt.bind(versions.lowerBound, at: 2)
-            stmt.bind(versions.upperBound, at: 3)
-            var rows: [(pk: PackedPrimaryKey, cid: String, colVersion: Int64, version: Int64, seq: Int64, cl: Int64)] = []
-            while try stmt.step() {
-                rows.append((PackedPrimaryKey(bytes: stmt.bytes(at: 0)), stmt.string(at: 1), stmt.int64(at: 2),
-                             stmt.int64(at: 3), stmt.int64(at: 4), stmt.isNull(at: 5) ? 1 : stmt.int64(at: 5)))
-            }
-            stmt.reset()
-            var rowValues: [PackedPrimaryKey: [SQLValue]] = [:]
-            for r in rows {
-                var val = SQLValue.null
-                if r.cid != Change.sentinelColumn, let columnIndex = table.columns.firstIndex(of: r.cid) {
-                    if rowValues[r.pk] == nil { rowValues[r.pk] = try readRow(table: table, pk: r.pk) }
-                    val = rowValues[r.pk]?[columnIndex] ?? .null
-                }
-                let change = Change(table: table.name, pk: r.pk, cid: r.cid, val: val,
-                                    colVersion: r.colVersion, seq: r.seq, cl: r.cl)
-                byVersion[r.version, default: []].append(change)
-            }
-        }
-        for key in byVersion.keys { byVersion[key]!.sort { $0.seq < $1.seq } }
-        return byVersion
     }
 
     /// The non-key cells of one row, or nil when it does not exist.
@@ -222,6 +241,7 @@ extension StoreCore {
                 for r in newlyCleared.ranges {
                     try db.run("DELETE FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?",
                                [.integer(site), .integer(r.lowerBound), .integer(r.upperBound)])
+                    try dropKeys(site: site, versions: r)
                 }
                 books[site]!.cleared.formUnion(newlyCleared)
                 try persistRanges(table: "__patina_cleared", site: site, ranges: books[site]!.cleared)

@@ -4,7 +4,8 @@ import PatinaCore
 /// The merge of remote changes: the CRDT rules of DESIGN.md, in one place.
 ///
 /// For an incoming change to row `pk` with causal length `cl`, against the
-/// row's local causal length `localCl` (its sentinel; 0 for an unknown row):
+/// row's local causal length `localCl` (its sentinel; 1 for a row with column
+/// clocks and no sentinel, its first life; 0 for an unknown row):
 /// 1. `cl < localCl`: the change loses.
 /// 2. An even `cl` (a delete) greater than `localCl` deletes the row and its
 ///    column clocks and records the new sentinel.
@@ -261,10 +262,15 @@ extension StoreCore {
             order.sort { changes[$0].seq < changes[$1].seq }
         }
         var attributed = false
+        var written: [(table: String, pk: [UInt8])] = []
         for i in order {
-            if try mergeChange(changes[i], key: keys[i], origin: origin, ctx: &ctx) { attributed = true }
+            if try mergeChange(changes[i], key: keys[i], origin: origin, ctx: &ctx) {
+                attributed = true
+                written.append((changes[i].table, changes[i].pk.bytes))
+            }
         }
         try flushPendingRows(&ctx)
+        if attributed { try recordKeys(site: origin.site, version: origin.version, keys: written) }
         books[origin.site]!.applied.insert(origin.version)
         ctx.origins.append(RemoteOrigin(actor: origin.actor, timestamp: ts))
         if attributed {
@@ -286,6 +292,14 @@ extension StoreCore {
             result = Sentinel(cl: stmt.int64(at: 0), site: stmt.int64(at: 1), version: stmt.int64(at: 2), seq: stmt.int64(at: 3))
         }
         stmt.reset()
+        if result == nil {
+            // No sentinel but column clocks: a row in its first life (cl 1).
+            let any = st.selectAnyClock
+            any.reset()
+            any.bind(key.pk.bytes, at: 1)
+            if try any.step() { result = Self.impliedFirstLife }
+            any.reset()
+        }
         ctx.sentinels[key] = result
         return result
     }
@@ -318,7 +332,16 @@ extension StoreCore {
         s.reset()
     }
 
+    /// The sentinel of a row whose first life (cl 1) is implied by its column
+    /// clocks: such sentinels are not stored (see ReplicatedTableDDL).
+    static let impliedFirstLife = Sentinel(cl: 1, site: -1, version: 0, seq: 0)
+
     private func setSentinel(_ st: TableStatements, key: RowKey, _ new: Sentinel, replacing old: Sentinel?, ctx: inout MergeContext) throws {
+        if new.cl == 1 && new.site < 0 {
+            // Rule 4 for a first life: the column clock about to be written implies it.
+            ctx.sentinels[key] = new
+            return
+        }
         try writeClock(st, pk: key.pk, cid: Change.sentinelColumn, colVersion: new.cl, version: new.version, seq: new.seq, site: new.site)
         if let old, old.site >= 0 { ctx.overwritten.insert(SiteVersion(site: old.site, version: old.version)) }
         ctx.sentinels[key] = new
@@ -451,18 +474,10 @@ extension StoreCore {
     private func recordClearedVersions(_ ctx: inout MergeContext) throws {
         for sv in ctx.overwritten where sv.site >= 0 {
             guard let book = books[sv.site], book.applied.contains(sv.version), !book.cleared.contains(sv.version) else { continue }
-            var alive = false
-            for table in tables.values {
-                let clock = quoteIdentifier(table.clockTable)
-                if try db.scalar("SELECT 1 FROM \(clock) WHERE site = ? AND db_version = ? LIMIT 1",
-                                 [.integer(sv.site), .integer(sv.version)]) != nil {
-                    alive = true
-                    break
-                }
-            }
-            if !alive {
+            if try !isAlive(site: sv.site, version: sv.version) {
                 books[sv.site]!.cleared.insert(sv.version)
                 try db.run("DELETE FROM __patina_versions WHERE site = ? AND version = ?", [.integer(sv.site), .integer(sv.version)])
+                try dropKeys(site: sv.site, versions: sv.version...sv.version)
                 ctx.touchedSites.insert(sv.site)
             }
         }

@@ -5,7 +5,9 @@ import PatinaCore
 /// The store's single-threaded core: one writer connection and the in-memory
 /// mirror of its bookkeeping. ``Store`` serializes every call into it.
 final class StoreCore {
-    static let formatTag = "patina/1"
+    /// "patina/2": first-life sentinels omitted (see ReplicatedTableDDL); files
+    /// of "patina/1" are refused.
+    static let formatTag = "patina/2"
 
     let path: String
     let db: SQLiteConnection
@@ -116,6 +118,8 @@ final class StoreCore {
             CREATE TABLE __patina_buffer (site INTEGER NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
                 tbl TEXT NOT NULL, pk BLOB NOT NULL, cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, cl INTEGER NOT NULL);
             CREATE INDEX __patina_buffer_version ON __patina_buffer (site, version);
+            CREATE TABLE __patina_keys (site INTEGER NOT NULL, version INTEGER NOT NULL, tbl TEXT NOT NULL,
+                pks BLOB NOT NULL, PRIMARY KEY (site, version, tbl)) WITHOUT ROWID;
             CREATE TABLE __patina_members (actor BLOB PRIMARY KEY, address TEXT NOT NULL, state TEXT NOT NULL,
                 rtt_ms REAL, updated_at INTEGER NOT NULL) WITHOUT ROWID;
             COMMIT;
@@ -136,7 +140,7 @@ final class StoreCore {
             try db.run("INSERT INTO __patina_sites (ordinal, actor) VALUES (?, ?)", [.integer(moved), .blob(previous.bytes)])
             let clocks = try db.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB '*__patina_clock'")
             var tables = clocks.compactMap { row -> String? in if case .text(let n) = row[0] { return n } else { return nil } }
-            tables += ["__patina_bookkeeping", "__patina_cleared", "__patina_versions", "__patina_partials", "__patina_buffer"]
+            tables += ["__patina_bookkeeping", "__patina_cleared", "__patina_versions", "__patina_partials", "__patina_buffer", "__patina_keys"]
             for table in tables {
                 try db.run("UPDATE \(quoteIdentifier(table)) SET site = ? WHERE site = 0", [.integer(moved)])
             }

@@ -2,10 +2,15 @@ import PatinaCore
 
 /// The prepared statements the store runs against one replicated table.
 final class TableStatements {
-    let selectByVersion: String
     let selectRow: String
     let selectSentinel: SQLiteStatement
     let selectClock: SQLiteStatement
+    /// Whether a row has any clock row (a first life has no sentinel).
+    let selectAnyClock: SQLiteStatement
+    /// Every clock row of a row: cid, col_version, db_version, seq, site.
+    let selectRowClocks: SQLiteStatement
+    /// Whether a row has a clock row attributed to (site, version).
+    let selectAttributed: SQLiteStatement
     let upsertClock: SQLiteStatement
     let deleteColumnClocks: SQLiteStatement
     let deleteRow: SQLiteStatement
@@ -22,13 +27,11 @@ final class TableStatements {
         let keyMatch = t.pkColumns.enumerated().map { "\(quoteIdentifier($1)) = ?\($0 + 1)" }.joined(separator: " AND ")
         let keyList = t.pkColumns.map(quoteIdentifier).joined(separator: ", ")
         let keyParams = t.pkColumns.indices.map { "?\($0 + 1)" }.joined(separator: ", ")
-        selectByVersion = """
-            SELECT c.pk, c.cid, c.col_version, c.db_version, c.seq, s.col_version
-            FROM \(clock) c LEFT JOIN \(clock) s ON s.pk = c.pk AND s.cid = '-1'
-            WHERE c.site = ?1 AND c.db_version BETWEEN ?2 AND ?3
-            """
         selectRow = "SELECT \(t.columns.map(quoteIdentifier).joined(separator: ", ")) FROM \(table) WHERE \(keyMatch)"
         selectSentinel = try db.prepare("SELECT col_version, site, db_version, seq FROM \(clock) WHERE pk = ? AND cid = '-1'")
+        selectAnyClock = try db.prepare("SELECT 1 FROM \(clock) WHERE pk = ? LIMIT 1")
+        selectRowClocks = try db.prepare("SELECT cid, col_version, db_version, seq, site FROM \(clock) WHERE pk = ?")
+        selectAttributed = try db.prepare("SELECT 1 FROM \(clock) WHERE pk = ?1 AND site = ?2 AND db_version = ?3 LIMIT 1")
         selectClock = try db.prepare("SELECT col_version, site, db_version FROM \(clock) WHERE pk = ? AND cid = ?")
         upsertClock = try db.prepare("""
             INSERT INTO \(clock) (pk, cid, col_version, db_version, seq, site) VALUES (?1, ?2, ?3, ?4, ?5, ?6)

@@ -18,13 +18,14 @@ import Testing
         }
         #expect(v == 1)
         #expect(seqs == 0...lastSeq)
-        // Two rows × (sentinel + 2 columns).
-        #expect(changes.count == 6)
-        #expect(Set(changes.map(\.seq)).count == 6)
+        // Two rows × 2 columns; a first life (cl 1) has no sentinel.
+        #expect(changes.count == 4)
+        #expect(Set(changes.map(\.seq)).count == 4)
         let apple = changes.filter { $0.pk == pk(.integer(1)) }
         #expect(apple.first { $0.cid == "name" }?.val == .text("apple"))
         #expect(apple.first { $0.cid == "qty" }?.val == .integer(3))
-        #expect(apple.first { $0.isSentinel }?.cl == 1)
+        #expect(apple.allSatisfy { !$0.isSentinel && $0.cl == 1 && $0.colVersion == 1 })
+        #expect(try store.sentinelCL(pk(.integer(1))) == nil)
 
         let second = try store.execute("UPDATE items SET qty = 4 WHERE id = 1")
         #expect(second.version == 2)
@@ -62,7 +63,9 @@ import Testing
         let moved = try store.execute("UPDATE items SET id = 2 WHERE id = 1")
         guard case .changes(_, let changes, _, _, _) = moved.changesets[0].content else { return }
         #expect(changes.contains { $0.pk == pk(.integer(1)) && $0.isSentinel && $0.cl == 2 })
-        #expect(changes.contains { $0.pk == pk(.integer(2)) && $0.isSentinel && $0.cl == 1 })
+        // The new key's first life has no sentinel: its cells carry cl 1.
+        #expect(!changes.contains { $0.pk == pk(.integer(2)) && $0.isSentinel })
+        #expect(changes.filter { $0.pk == pk(.integer(2)) }.allSatisfy { $0.cl == 1 })
         #expect(changes.contains { $0.pk == pk(.integer(2)) && $0.cid == "qty" && $0.val == .integer(5) })
     }
 
@@ -96,7 +99,7 @@ import Testing
         ] {
             #expect(throws: StatementNotAllowed.self, "\(sql)") { try store.execute(sql) }
         }
-        #expect(try store.clocks().count == 3)
+        #expect(try store.clocks().count == 2)  // name and qty; no first-life sentinel
         #expect(store.heads()[store.actorID] == 1)
     }
 
@@ -124,6 +127,46 @@ import Testing
         #expect(seen[0].rows["items"] == [pk(.integer(1)): .upsert, pk(.integer(2)): .upsert])
         #expect(seen[1].rows["items"] == [pk(.integer(2)): .delete])
         #expect(seen[1].source == .local(version: 2))
+    }
+
+    /// Inserts of new rows build their changeset from the cells their triggers
+    /// captured; anything else reads the clocks back. Both must give what a
+    /// peer asking for the version later gets.
+    @Test func capturedChangesetsEqualTheReadBackOnes() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        var results: [WriteResult<Void>] = []
+        results.append(try store.write { tx in
+            for i in 1...5 {
+                try tx.execute("INSERT INTO items (id, name, qty) VALUES (?, ?, ?)", [.integer(Int64(i)), .text("n\(i)"), .integer(Int64(i))])
+            }
+            try tx.execute("INSERT INTO items (id) VALUES ('6')")  // affinity and defaults
+        })
+        // Insert then update in one transaction: the update forces the read-back.
+        results.append(try store.write { tx in
+            try tx.execute("INSERT INTO items (id, name) VALUES (10, 'a')")
+            try tx.execute("UPDATE items SET name = 'b' WHERE id = 10")
+        })
+        // A failed statement after a good one: only the good one counts.
+        results.append(try store.write { tx in
+            try tx.execute("INSERT INTO items (id, name) VALUES (20, 'ok')")
+            #expect(throws: (any Error).self) { try tx.execute("INSERT INTO items (id, name) VALUES (21, 'x'), (20, 'dup')") }
+        })
+        func check() throws {
+            for result in results {
+                let version = try #require(result.version)
+                let served = try store.changesets(actor: store.actorID, versions: version...version)
+                #expect(served == result.changesets, "version \(version)")
+            }
+        }
+        try check()
+        // Re-insert of a deleted row (a new life, with a sentinel).
+        try store.execute("DELETE FROM items WHERE id = 1")
+        results = [try store.write { tx in try tx.execute("INSERT INTO items (id, name) VALUES (1, 'again')") }]
+        try check()
+        guard case .changes(_, let last, _, _, _) = results[0].changesets[0].content else { return }
+        #expect(last.contains { $0.isSentinel && $0.cl == 3 })
+        #expect(try store.rows().count == 8)
     }
 }
 
