@@ -125,7 +125,7 @@ let package = Package(
             name: "PatinaCertsTests", dependencies: ["PatinaCerts", "PatinaCore"],
             path: "Tests/PatinaCertsTests"),
         .testTarget(
-            name: "PatinaClusterTests", dependencies: ["PatinaCluster", "PatinaCore", "PatinaStore"],
+            name: "PatinaClusterTests", dependencies: ["PatinaCluster", "PatinaCore", "PatinaStore", "PatinaNode"],
             path: "Tests/PatinaClusterTests"),
         .testTarget(
             name: "PatinaAPITests",

@@ -4,8 +4,9 @@ import Glibc
 #endif
 
 /// Checks addresses before the servers bind them, so a port in use is a clear
-/// one-line error rather than a stack of NIO errors.
-enum PortProbe {
+/// one-line error rather than a stack of NIO errors; finds free ports for
+/// clusters started on this machine (benchmarks, tests).
+public enum PortProbe {
     /// Why `host:port` cannot be bound for TCP, or nil if it can.
     static func problem(host: String, port: Int) -> String? {
         var hints = addrinfo()
@@ -44,4 +45,27 @@ enum PortProbe {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
         }
     }
+
+    /// A port on 127.0.0.1 the kernel considers free now (bind to port 0, read
+    /// it back, close). Another process may take it before it is used; on a
+    /// test or benchmark machine that race is rare enough.
+    public static func freeLoopbackPort(tcp: Bool) throws -> Int {
+        let fd = socket(AF_INET, Int32(tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue), 0)
+        guard fd >= 0 else { throw PortProbeError(message: "socket(): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard bound else { throw PortProbeError(message: "no free \(tcp ? "TCP" : "UDP") port on 127.0.0.1") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
+
+public struct PortProbeError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { message }
 }

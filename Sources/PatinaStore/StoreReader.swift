@@ -64,6 +64,9 @@ public final class StoreReader: @unchecked Sendable {
 }
 
 /// Rows of one query, fetched in pages so large results never sit in memory.
+///
+/// @unchecked Sendable: like its reader, a cursor moves between tasks but is
+/// used by one at a time (the query stream that owns it pages it in order).
 public final class ReadCursor: @unchecked Sendable {
     let statement: SQLiteStatement
     let reader: StoreReader

@@ -1,4 +1,5 @@
 import Foundation
+import PatinaNode
 import PatinaCluster
 import PatinaQUIC
 import PatinaStore
@@ -502,18 +503,7 @@ final class ProcessCluster: @unchecked Sendable {
         return text
     }
 
-    static func freePort(tcp: Bool) -> Int {
-        let fd = socket(AF_INET, Int32(tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
+    static func freePort(tcp: Bool) -> Int { try! PortProbe.freeLoopbackPort(tcp: tcp) }
 }
 
 struct ClusterTestFailure: Error, CustomStringConvertible {

@@ -176,21 +176,10 @@ public final class LocalCluster: @unchecked Sendable {
         try? FileManager.default.removeItem(atPath: root)
     }
 
-    /// A port the kernel considers free now, not in `excluding` (which it joins).
+    /// A free port not handed out before in this cluster (`excluding` grows).
     static func freePort(tcp: Bool, excluding: inout Set<Int>) throws -> Int {
         for _ in 0..<100 {
-            let fd = socket(AF_INET, Int32(tcp ? SOCK_STREAM.rawValue : SOCK_DGRAM.rawValue), 0)
-            guard fd >= 0 else { break }
-            defer { close(fd) }
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-            }
-            guard bound else { continue }
-            let port = Int(UInt16(bigEndian: addr.sin_port))
+            let port = try PortProbe.freeLoopbackPort(tcp: tcp)
             if excluding.insert(port).inserted { return port }
         }
         throw ProbeError("no free \(tcp ? "TCP" : "UDP") port on 127.0.0.1")
