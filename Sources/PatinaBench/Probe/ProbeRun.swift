@@ -20,7 +20,6 @@ public struct ProbeMeasurements: Sendable {
     public struct Write: Sendable {
         public var id: Int64
         public var origin: Int
-        public var sentAt: UInt64
         /// When the API answered; nil if the write failed.
         public var answeredAt: UInt64?
     }
@@ -40,7 +39,10 @@ public struct ProbeMeasurements: Sendable {
     /// API's answer (both come just after the commit), less half the RTT to the
     /// origin; a destination's event left it half its RTT before it arrived.
     /// On loopback the RTT corrections are a few microseconds; against a real
-    /// deployment they remove the client's own distance from each node.
+    /// deployment they remove the client's own distance from each node. When
+    /// the origin reports its commit late (a busy machine), a latency can come
+    /// out below zero: it is counted as 0 ms, not dropped, so the write is not
+    /// mistaken for a missing one.
     public func observations() -> [LatencyObservation] {
         var out: [LatencyObservation] = []
         for w in writes {
@@ -159,7 +161,11 @@ public final class ProbeRun: Sendable {
                 let at = Self.now()
                 if let id = Self.probeID(in: line) {
                     shared.withLock { s in
-                        if s.seen[index].updateValue(at, forKey: id) == nil { s.seenCount[id, default: 0] += 1 }
+                        // The earliest event counts; a repeat leaves it alone.
+                        if s.seen[index][id] == nil {
+                            s.seen[index][id] = at
+                            s.seenCount[id, default: 0] += 1
+                        }
                     }
                 } else if line.contains("\"error\"") {
                     shared.withLock { $0.streamErrors.append("\(self.nodes[index].name): \(line)") }
@@ -202,20 +208,18 @@ public final class ProbeRun: Sendable {
             thread.start()
         }
         var lastReport = Self.now()
+        func reportIfDue() {
+            guard Self.now() - lastReport >= 1_000_000_000 else { return }
+            lastReport = Self.now()
+            let (sent, visible) = counts()
+            progress(sent, visible)
+        }
         while done.load(ordering: .sequentiallyConsistent) < threads.count {
             usleep(20_000)
-            if Self.now() - lastReport >= 1_000_000_000 {
-                lastReport = Self.now()
-                let (sent, visible) = counts()
-                progress(sent, visible)
-            }
+            reportIfDue()
         }
         _ = pollUntil(settle) {
-            if Self.now() - lastReport >= 1_000_000_000 {
-                lastReport = Self.now()
-                let (sent, visible) = self.counts()
-                progress(sent, visible)
-            }
+            reportIfDue()
             return self.allVisible()
         }
         let (sent, visible) = counts()
@@ -252,7 +256,6 @@ public final class ProbeRun: Sendable {
             let id = idBase + Int64(slot)
             let sql = "INSERT INTO \(table) (id, node) VALUES (\(id), '\(nodes[node].name)')"
             let body = Data("[\(jsonString(sql))]".utf8)
-            let sentAt = Self.now()
             var answeredAt: UInt64?
             var failure: String?
             do {
@@ -262,7 +265,7 @@ public final class ProbeRun: Sendable {
                 failure = "\(error)"
             }
             shared.withLock { s in
-                s.writes.append(ProbeMeasurements.Write(id: id, origin: node, sentAt: sentAt, answeredAt: answeredAt))
+                s.writes.append(ProbeMeasurements.Write(id: id, origin: node, answeredAt: answeredAt))
                 if let failure, s.writeErrors.count < 20 { s.writeErrors.append("\(nodes[node].name): write \(id): \(failure)") }
             }
         }

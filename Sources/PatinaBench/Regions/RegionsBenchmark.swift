@@ -80,11 +80,10 @@ public struct RegionsBenchmark: Sendable {
         let warmUp = ProbeRun(nodes: probeNodes, writers: Array(probeNodes.indices), idBase: 1)
         try warmUp.startWatching()
         let settle = Duration.milliseconds(Int64(4 * topology.maxOneWayMilliseconds)) + .seconds(10)
-        progress("warming up: \(warmUpRounds) rounds of one write per node (connections, RTT estimates)")
-        for _ in 0..<warmUpRounds {
-            _ = try warmUp.run(count: probeNodes.count, rate: Double(probeNodes.count) * 10, settle: settle,
-                               rttMilliseconds: Array(repeating: 0, count: probeNodes.count))
-            }
+        progress("warming up: \(warmUpRounds) writes per node (connections, RTT estimates)")
+        // One run: its probe ids are idBase + 0..<count, so a second run would repeat them.
+        _ = try warmUp.run(count: warmUpRounds * probeNodes.count, rate: Double(probeNodes.count) * 10, settle: settle,
+                           rttMilliseconds: Array(repeating: 0, count: probeNodes.count))
         warmUp.stop()
         if (try? cluster.waitForRTTs(timeout: .seconds(10))) == nil {
             progress("note: some members have no RTT estimate yet; broadcast orders them by name")
