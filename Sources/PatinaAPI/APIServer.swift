@@ -57,11 +57,13 @@ public struct PatinaAPI: Sendable {
         let subscriptions = self.subscriptions
         let updates = self.updates
         let lag = self.lag
+        // Made once: a metrics factory lookup per commit is work under the store's lock.
+        let rowsChangedRemote = Counter(label: "patina_rows_changed_total", dimensions: [("source", "remote")])
+        let rowsChangedLocal = Counter(label: "patina_rows_changed_total", dimensions: [("source", "local")])
         // Listeners run under the store's lock: hand the event on, nothing more.
         access.store.addListener { event in
             let rows = event.rows.values.reduce(0) { $0 + $1.count }
-            Counter(label: "patina_rows_changed_total", dimensions: [("source", event.source == .remote ? "remote" : "local")])
-                .increment(by: rows)
+            (event.source == .remote ? rowsChangedRemote : rowsChangedLocal).increment(by: rows)
             if event.source == .remote { lag.record(event.origins) }
             updates.publish(event)
             Task { await subscriptions.committed(tables: Set(event.rows.keys)) }
@@ -327,12 +329,14 @@ final class UpdateFeed: Sendable {
 
     func publish(_ event: CommitEvent) {
         listeners.withLock { listeners in
+            // Lines are built once per table, however many listen to it (this runs
+            // under the store's lock, on the writer's path).
+            var linesByTable: [String: [String]] = [:]
             for (id, listener) in listeners {
                 guard let rows = event.rows[listener.table] else { continue }
-                for (pk, kind) in rows.sorted(by: { $0.key < $1.key }) {
-                    var line = "{\"notify\":[\"\(kind == .delete ? "delete" : "update")\","
-                    JSONWriter.append((try? pk.decode()) ?? [], to: &line)
-                    line += "]}\n"
+                let lines = linesByTable[listener.table] ?? Self.lines(rows)
+                linesByTable[listener.table] = lines
+                for line in lines {
                     if case .dropped = listener.continuation.yield(line) {
                         listener.continuation.yield("{\"error\":\"listener too far behind\"}\n")
                         listener.continuation.finish()
@@ -341,6 +345,14 @@ final class UpdateFeed: Sendable {
                     }
                 }
             }
+        }
+    }
+
+    static func lines(_ rows: [PackedPrimaryKey: RowChangeKind]) -> [String] {
+        rows.sorted(by: { $0.key < $1.key }).map { pk, kind in
+            var line = "{\"notify\":[\"\(kind == .delete ? "delete" : "update")\","
+            JSONWriter.append((try? pk.decode()) ?? [], to: &line)
+            return line + "]}\n"
         }
     }
 }

@@ -46,7 +46,6 @@ public struct Agent: Sendable {
         }
         let access = try StoreAccess(store: store)
         var hooks = APIHooks()
-        hooks.health = { HealthFigures(members: 0, p99LagSeconds: 0, queueSize: 0) }
         let cluster = try makeCluster(store: store)
         Self.wire(&hooks, to: cluster)
         let api = PatinaAPI(access: access, config: APIConfig(bearerToken: config.api.bearerToken), hooks: hooks)

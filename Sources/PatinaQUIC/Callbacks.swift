@@ -67,7 +67,7 @@ extension ConnectionCore {
             let c = core(user)
             if let stream = c.streams.removeValue(forKey: streamID) {
                 let hasCode = flags & UInt32(NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET) != 0
-                stream.closed(appErrorCode: hasCode ? appErrorCode : 0, normally: !hasCode)
+                stream.closed(appErrorCode: hasCode ? appErrorCode : 0)
             }
             c.checkDrained()
             return 0

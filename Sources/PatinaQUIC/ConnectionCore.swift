@@ -326,9 +326,7 @@ final class ConnectionCore: @unchecked Sendable {
             case NGTCP2_ERR_HANDSHAKE_TIMEOUT:
                 terminate(QUICError(.handshakeTimeout, "no handshake with \(remote.address)"), sendClose: false)
             default:
-                var ccerr = ngtcp2_connection_close_error()
-                ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, rv, nil, 0)
-                terminate(QUICError(.protocolViolation, String(cString: ngtcp2_strerror(rv))), closeError: ccerr)
+                fatal(rv)
             }
             return
         }

@@ -19,8 +19,6 @@ public final class QUICConnection: Sendable {
         core.endpoint.submit { if core.state == .established { core.closeLocally(errorCode: 0, reason: "") } }
     }
 
-    private var endpoint: EndpointCore { core.endpoint }
-
     /// Streams the peer opens, in order of their first frame.
     public var incomingStreams: AsyncStream<QUICStream> { core.events.streamSequence }
 
@@ -46,7 +44,6 @@ public final class QUICConnection: Sendable {
                     switch result {
                     case .success(let stream):
                         stream.write(bytes, fin: true, limit: core.endpoint.config.streamSendBuffer, c)
-                        stream.shared.state.withLock { $0.writeFinished = true }
                     case .failure(let error):
                         c.resume(throwing: error)
                     }

@@ -39,7 +39,7 @@ public actor QUICConnectionCache {
         await connection.close(drain: false)
     }
 
-    /// The peers with a live connection and their RTT estimates.
+    /// The peers with a live connection.
     public func liveConnections() -> [QUICSocketAddress: QUICConnection] {
         connections.filter { !$0.value.isClosed }
     }

@@ -48,8 +48,6 @@ struct SockAddr {
         if rv != 0 { throw QUICError(.configuration, "cannot resolve \(address)") }
     }
 
-    var family: Int32 { Int32(storage.ss_family) }
-
     func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
         try withUnsafePointer(to: storage) { p in
             try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, length) }

@@ -200,7 +200,7 @@ final class StreamCore: @unchecked Sendable {
         connection.endpoint.markDirty(connection)
     }
 
-    func closed(appErrorCode: UInt64, normally: Bool) {
+    func closed(appErrorCode: UInt64) {
         closedByTransport = true
         returnStreamCreditIfDone()
         if !isSendSettled {

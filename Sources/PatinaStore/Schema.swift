@@ -133,7 +133,7 @@ struct ParsedSchema {
         }
     }
 
-    /// The rules of DESIGN.md: what a table needs to be replicated safely.
+    /// The table rules (docs/store.md): what a table needs to be replicated safely.
     static func validate(table: String, sql: String, columns: [ColumnInfo], in db: SQLiteConnection) throws {
         if table.hasPrefix("__patina") || table.contains("__patina_") {
             throw SchemaError(table: table, "names containing __patina are reserved for Patina's internal tables")

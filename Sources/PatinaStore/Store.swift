@@ -5,7 +5,7 @@ import PatinaCore
 /// A node's replicated SQLite database.
 ///
 /// Every call runs on the calling thread under one lock; callers on Swift's
-/// cooperative pool should go through ``StoreExecutor`` so blocking SQLite
+/// cooperative pool should go through ``BlockingExecutor`` so blocking SQLite
 /// work runs on a thread of its own.
 // @unchecked Sendable: `storeCore` is only touched inside `lock` (see `core`);
 // a `Mutex<StoreCore>` would say the same but cannot pass the caller's

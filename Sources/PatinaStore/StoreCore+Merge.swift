@@ -1,7 +1,7 @@
 import CSQLite
 import PatinaCore
 
-/// The merge of remote changes: the CRDT rules of DESIGN.md, in one place.
+/// The merge of remote changes: the CRDT rules (docs/store.md), in one place.
 ///
 /// For an incoming change to row `pk` with causal length `cl`, against the
 /// row's local causal length `localCl` (its sentinel; 1 for a row with column
@@ -12,7 +12,8 @@ import PatinaCore
 /// 3. A sentinel with an odd `cl` greater than `localCl` resurrects the row:
 ///    the key exists again and every column clock starts over.
 /// 4. A column change with an odd `cl` greater than `localCl` first resurrects
-///    the row (with an unattributed sentinel) and then wins.
+///    the row (with an unattributed sentinel, not stored for a first life) and
+///    then wins.
 /// 5. Otherwise, for equal `cl`, the cell with no local clock takes the change;
 ///    else the higher `col_version` wins, then the greater value
 ///    (``SQLValue/mergeOrder(_:_:)``), then the greater actor id.
@@ -72,6 +73,7 @@ extension StoreCore {
     func merge(_ batch: [Changeset]) throws -> (MergeOutcome, CommitEvent?) {
         var outcome = MergeOutcome()
         var ctx = MergeContext()
+        let booksBefore = books
         try inTransaction {
             capture.capturing = false
             for (index, changeset) in batch.enumerated() {
@@ -104,7 +106,7 @@ extension StoreCore {
                 }
             }
             try recordClearedVersions(&ctx)
-            try persistBooks(sites: ctx.touchedSites)
+            try persistBooks(sites: ctx.touchedSites, before: booksBefore)
         }
         outcome.changesWritten = ctx.written
         for origin in ctx.origins { hlc.observe(origin.timestamp) }

@@ -92,8 +92,8 @@ final class StoreCore {
     }
 
     /// Durable across a process crash (WAL, synchronous NORMAL); a page cache big
-    /// enough for the clock tables and their index, which a replicated write
-    /// touches three or more times per row.
+    /// enough for the clock tables and `__patina_keys`, which a replicated write
+    /// touches once per changed cell and once per version.
     static let performancePragmas = "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
 
     /// Only once the file is known to be ours: WAL changes the file header.
@@ -217,11 +217,19 @@ final class StoreCore {
         }
     }
 
-    func persistBooks(sites: some Sequence<Int64>) throws {
+    /// Writes the range sets of `sites` that differ from `before` (the books as
+    /// of the transaction's start): cleared ranges fragment as history grows, and
+    /// rewriting them on every merge batch would cost more the older the node.
+    func persistBooks(sites: some Sequence<Int64>, before: [Int64: ActorBookkeeping]) throws {
         for site in Set(sites) {
             let book = books[site] ?? ActorBookkeeping()
-            try persistRanges(table: "__patina_bookkeeping", site: site, ranges: book.applied)
-            try persistRanges(table: "__patina_cleared", site: site, ranges: book.cleared)
+            let old = before[site]
+            if old?.applied != book.applied {
+                try persistRanges(table: "__patina_bookkeeping", site: site, ranges: book.applied)
+            }
+            if old?.cleared != book.cleared {
+                try persistRanges(table: "__patina_cleared", site: site, ranges: book.cleared)
+            }
         }
     }
 

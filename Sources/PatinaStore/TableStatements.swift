@@ -25,8 +25,6 @@ final class TableStatements {
         let table = quoteIdentifier(t.name)
         let clock = quoteIdentifier(t.clockTable)
         let keyMatch = t.pkColumns.enumerated().map { "\(quoteIdentifier($1)) = ?\($0 + 1)" }.joined(separator: " AND ")
-        let keyList = t.pkColumns.map(quoteIdentifier).joined(separator: ", ")
-        let keyParams = t.pkColumns.indices.map { "?\($0 + 1)" }.joined(separator: ", ")
         selectRow = "SELECT \(t.columns.map(quoteIdentifier).joined(separator: ", ")) FROM \(table) WHERE \(keyMatch)"
         selectSentinel = try db.prepare("SELECT col_version, site, db_version, seq FROM \(clock) WHERE pk = ? AND cid = '-1'")
         selectAnyClock = try db.prepare("SELECT 1 FROM \(clock) WHERE pk = ? LIMIT 1")

@@ -144,7 +144,7 @@ extension StoreCore {
         var values: [SQLValue]?
         for m in matches {
             var val = SQLValue.null
-            if m.cid != Change.sentinelColumn, let columnIndex = table.columns.firstIndex(of: m.cid) {
+            if m.cid != Change.sentinelColumn, let columnIndex = st.columnIndex[m.cid] {
                 if values == nil { values = try readRow(table: table, pk: pk) ?? [] }
                 val = columnIndex < values!.count ? values![columnIndex] : .null
             }

@@ -23,6 +23,7 @@ public final class LocalCluster: @unchecked Sendable {
         public var gossipAddress: String { "127.0.0.1:\(gossipPort)" }
         public var configPath: String { directory + "/node.toml" }
         public var logPath: String { directory + "/agent.log" }
+        public var adminPath: String { directory + "/admin.sock" }
         public var client: HTTPClient { HTTPClient(target: .tcp(host: "127.0.0.1", port: apiPort)) }
     }
 
@@ -77,7 +78,7 @@ public final class LocalCluster: @unchecked Sendable {
                 addr = "127.0.0.1:\(node.apiPort)"
 
                 [admin]
-                path = "\(node.directory)/admin.sock"
+                path = "\(node.adminPath)"
 
                 [telemetry]
                 prometheus_addr = "127.0.0.1:\(node.metricsPort)"
@@ -135,7 +136,7 @@ public final class LocalCluster: @unchecked Sendable {
     /// broadcast picks its nearest peers by measurement rather than by name.
     public func waitForRTTs(timeout: Duration) throws {
         for node in nodes {
-            let admin = HTTPClient(target: .unix(path: node.directory + "/admin.sock"))
+            let admin = HTTPClient(target: .unix(path: node.adminPath))
             let ok = pollUntil(timeout) {
                 guard let text = try? admin.send("GET", "/cluster/members").text else { return false }
                 return text.components(separatedBy: "\"rtt_ms\":").dropFirst().filter { !$0.hasPrefix("null") }.count

@@ -78,22 +78,16 @@ public actor BroadcastShell {
     /// The bytes of one broadcast uni stream: one or more `changesets` frames.
     /// A malformed stream is dropped whole and counted.
     public func received(streamBytes: [UInt8], from peer: String, maxFrameSize: Int = Frame.defaultMaxSize) async throws(WireError) {
-        var decoder = FrameDecoder(maxFrameSize: maxFrameSize)
-        var changesets: [Changeset] = []
+        var decoder = BroadcastStreamDecoder(maxFrameSize: maxFrameSize)
         do throws(WireError) {
-            for frame in try decoder.feed(streamBytes) {
-                guard case .changesets(let c) = try WireMessage.decode(frame) else {
-                    throw WireError(.unknownFrameType(frame.type))
-                }
-                changesets += c
-            }
+            try decoder.feed(streamBytes)
             try decoder.finish()
         } catch {
             malformedFrames += 1
             logger.warning("malformed broadcast stream", metadata: ["peer": "\(peer)", "error": "\(error)"])
             throw error
         }
-        await received(changesets, from: peer)
+        await received(decoder.changesets, from: peer)
     }
 
     /// Runs due retransmissions.

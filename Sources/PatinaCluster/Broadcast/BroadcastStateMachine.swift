@@ -254,6 +254,7 @@ public struct BroadcastStateMachine: Sendable {
     /// of every region, and a random fanout.
     public mutating func localCommit(_ changesets: [Changeset], now: Duration) -> [BroadcastDirective] {
         var touched: [String] = []
+        let others = byDistance.filter { !directSet.contains($0) }
         for c in changesets {
             metrics.localChangesets += 1
             let chunks = c.split(maxBytes: config.maxChunkBytes)
@@ -261,7 +262,7 @@ public struct BroadcastStateMachine: Sendable {
             for chunk in chunks {
                 let key = ItemKey(chunk)
                 remember(key)
-                let targets = directTargets + chooseRandom(fanout, excluding: directSet)
+                let targets = directTargets + chooseRandom(fanout, among: others)
                 startItem(key, chunk, targets: targets, source: nil, now: now, touched: &touched)
             }
         }
@@ -272,6 +273,10 @@ public struct BroadcastStateMachine: Sendable {
     public mutating func received(_ changesets: [Changeset], from peer: String, now: Duration) -> [BroadcastDirective] {
         var fresh: [Changeset] = []
         var touched: [String] = []
+        // Who a relay goes to depends on the sender only: worked out once per call.
+        let local = sameRegion.filter { $0 != peer }
+        let relayInRegion = !(sameRegion.contains(peer) && sameRegion.count <= config.ring0Limit)
+        let excluded = Set(local).union([peer])
         for c in changesets {
             metrics.receivedChangesets += 1
             let key = ItemKey(c)
@@ -292,15 +297,12 @@ public struct BroadcastStateMachine: Sendable {
                     // The origin already reached every region directly; spread it here,
                     // in short hops, and leave the long links alone. A copy from a
                     // sibling needs no relay when the sibling could tell the whole region.
-                    let local = sameRegion.filter { $0 != peer }
-                    let fromSibling = sameRegion.contains(peer)
-                    if !(fromSibling && sameRegion.count <= config.ring0Limit) {
+                    if relayInRegion {
                         let targets = local.count <= config.ring0Limit ? local : chooseRandom(config.ring0Limit, among: local)
                         startItem(chunkKey, chunk, targets: targets, source: peer, now: now, touched: &touched, retransmit: false)
                     }
                 } else {
-                    let local = sameRegion.filter { $0 != peer }
-                    let targets = local + chooseRandom(fanout, excluding: Set(local).union([peer]))
+                    let targets = local + chooseRandom(fanout, excluding: excluded)
                     startItem(chunkKey, chunk, targets: targets, source: peer, now: now, touched: &touched)
                 }
             }

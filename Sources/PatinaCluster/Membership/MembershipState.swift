@@ -168,10 +168,10 @@ public struct MembershipState: Sendable {
         }
         let sorted = alive.sorted { a, b in
             switch (a.rttMin, b.rttMin) {
-            case let (x?, y?): return x != y ? x < y : a.id.uuid.uuidString < b.id.uuid.uuidString
+            case let (x?, y?): return x != y ? x < y : a.id < b.id
             case (_?, nil): return true
             case (nil, _?): return false
-            case (nil, nil): return a.id.uuid.uuidString < b.id.uuid.uuidString
+            case (nil, nil): return a.id < b.id
             }
         }
         return Array(sorted.prefix(max(0, k)))
@@ -590,7 +590,7 @@ public struct MembershipState: Sendable {
                 expired.append(id)
             }
         }
-        for id in expired.sorted(by: { $0.uuid.uuidString < $1.uuid.uuidString }) {
+        for id in expired.sorted() {
             let r = records[id]!
             apply(
                 MemberUpdate(
@@ -639,7 +639,7 @@ public struct MembershipState: Sendable {
     private mutating func reap(now: UInt64, into out: inout [MembershipDirective]) {
         guard !downIDs.isEmpty else { return }
         let old = downIDs.filter { now >= records[$0]!.downSince + downRemovalUs }
-        for id in old.sorted(by: { $0.uuid.uuidString < $1.uuid.uuidString }) {
+        for id in old.sorted() {
             let r = records[id]!
             downIDs.remove(id)
             let last = memberIDs.removeLast()

@@ -245,26 +245,17 @@ public final class ClusterNode: Sendable {
 
     private func handle(_ stream: QUICStream, from peer: String) async {
         if stream.isUnidirectional {
-            // Decoded as it arrives: an oversized or malformed frame stops the read at
-            // once (memory stays within one frame), and the whole stream is dropped.
-            var decoder = FrameDecoder()
-            var changesets: [Changeset] = []
+            // Decoded as it arrives; a bad frame drops the whole stream.
+            var decoder = BroadcastStreamDecoder()
             do {
-                while let chunk = try await stream.read() {
-                    for frame in try decoder.feed(chunk) {
-                        guard case .changesets(let c) = try WireMessage.decode(frame) else {
-                            throw ClusterNodeError("unexpected frame type \(frame.type) on a broadcast stream")
-                        }
-                        changesets += c
-                    }
-                }
+                while let chunk = try await stream.read() { try decoder.feed(chunk) }
                 try decoder.finish()
             } catch {
                 stream.reset()
                 logger.warning("malformed broadcast stream dropped", metadata: ["peer": "\(peer)", "error": "\(error)"])
                 return
             }
-            if !changesets.isEmpty { await broadcastShell.received(changesets, from: peer) }
+            if !decoder.changesets.isEmpty { await broadcastShell.received(decoder.changesets, from: peer) }
         } else {
             do {
                 try await syncShell.serve(QUICSyncStream(stream: stream))

@@ -109,7 +109,7 @@ public actor ApplyQueue {
             var batch: [Changeset] = []
             var changes = 0
             while head < queue.count, batch.count < config.maxBatchChangesets {
-                let w = Self.weight([queue[head]])
+                let w = Self.weight(queue[head])
                 if !batch.isEmpty && changes + w > config.maxBatchChanges { break }
                 batch.append(queue[head])
                 changes += w
@@ -153,6 +153,8 @@ public actor ApplyQueue {
 
     /// Changes count toward the bound; a cleared range counts as one.
     static func weight(_ changesets: [Changeset]) -> Int {
-        changesets.reduce(0) { $0 + max(1, $1.changeCount) }
+        changesets.reduce(0) { $0 + weight($1) }
     }
+
+    static func weight(_ changeset: Changeset) -> Int { max(1, changeset.changeCount) }
 }

@@ -104,8 +104,8 @@ extension SyncState {
         return s
     }
 
-    /// True when `remote` holds versions this node lacks, judging by heads only
-    /// (used to prefer peers that are ahead).
+    /// How many versions `remote` holds above this node's heads, judging by heads
+    /// only (used to prefer peers that are ahead).
     public func versionsBehind(_ remoteHeads: [ActorID: Int64]) -> Int64 {
         var total: Int64 = 0
         for (a, h) in remoteHeads {
