@@ -91,12 +91,29 @@ extension StoreCore {
                 }
                 let site = try site(for: changeset.actor)
                 let savedBook = books[site]
+                // What this changeset touches is gathered apart (moved, not copied) so
+                // a rollback can drop it: listeners hear only of what committed, and
+                // only committed overwrites can clear a version.
+                var batchRows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
+                var batchOverwritten: Set<SiteVersion> = []
+                swap(&batchRows, &ctx.rows)
+                swap(&batchOverwritten, &ctx.overwritten)
+                let (outcomeBefore, writtenBefore, originsBefore) = (outcome, ctx.written, ctx.origins.count)
                 try db.execute("SAVEPOINT patina_changeset")
                 do {
                     try mergeOne(changeset, decodedKeys: decoded, site: site, outcome: &outcome, ctx: &ctx)
                     try db.execute("RELEASE patina_changeset")
+                    for (table, rows) in ctx.rows { batchRows[table, default: [:]].merge(rows) { _, last in last } }
+                    swap(&batchRows, &ctx.rows)
+                    batchOverwritten.formUnion(ctx.overwritten)
+                    swap(&batchOverwritten, &ctx.overwritten)
                 } catch {
                     try db.execute("ROLLBACK TO patina_changeset; RELEASE patina_changeset")
+                    outcome = outcomeBefore
+                    ctx.rows = batchRows
+                    ctx.overwritten = batchOverwritten
+                    ctx.written = writtenBefore
+                    ctx.origins.removeSubrange(originsBefore...)
                     books[site] = savedBook
                     ctx.sentinels = [:]
                     ctx.freshRows = [:]

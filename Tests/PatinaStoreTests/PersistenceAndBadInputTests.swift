@@ -1,6 +1,7 @@
 import Foundation
 import PatinaCore
 @testable import PatinaStore
+import Synchronization
 import Testing
 
 @Suite struct PersistenceTests {
@@ -88,6 +89,25 @@ import Testing
         #expect(try store.clocks("c").count == 1)  // row 2's cell; its first life has no sentinel
         #expect(store.bookkeeping()[remote]?.applied == VersionRangeSet([2...2]))
         #expect(store.bookkeeping()[remote]?.gaps == [1...1])
+    }
+
+    @Test func listenersAreNotToldOfRowsARejectedChangesetRolledBack() throws {
+        let dir = TempDir()
+        let schema = "CREATE TABLE c (id INTEGER NOT NULL PRIMARY KEY, n INTEGER CHECK (n >= 0));"
+        let store = try makeStore(dir, schema: schema)
+        let events = Mutex<[CommitEvent]>([])
+        store.addListener { event in events.withLock { $0.append(event) } }
+        let outcome = try store.merge([
+            changeset(remote, 1, [cell(pk(.integer(2)), "n", .integer(5), table: "c")]),
+            changeset(remote, 2, [sentinel(pk(.integer(1)), cl: 1, table: "c"), cell(pk(.integer(1)), "n", .integer(-5), table: "c")]),
+        ])
+        #expect(outcome.rejections.map(\.index) == [1])
+        let told = events.withLock { $0 }
+        #expect(told.count == 1)
+        #expect(told.first?.rows["c"].map { Set($0.keys) } == [pk(.integer(2))], "row 1 was rolled back")
+        #expect(told.first?.origins.count == 1, "only version 1 was applied")
+        #expect(outcome.changesWritten == 1)
+        #expect(outcome.appliedVersions == 1)
     }
 
     @Test func aFileThatIsNotAPatinaDatabaseIsRefusedUntouched() throws {
