@@ -156,6 +156,21 @@ public final class LocalCluster: @unchecked Sendable {
         }.joined(separator: "\n")
     }
 
+    /// CPU time (user + system) the running agents have used so far, in
+    /// seconds, from `/proc/<pid>/stat`.
+    public func agentCPUSeconds() -> Double {
+        let pids = lock.withLock { processes.filter(\.isRunning).map(\.processIdentifier) }
+        let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return pids.reduce(0) { sum, pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return sum }
+            // Fields after the command name: state is field 3, utime 14, stime 15.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return sum }
+            return sum + (user + system) / ticksPerSecond
+        }
+    }
+
     /// SIGTERM to every agent, SIGKILL to any still running after `grace`.
     public func stop(grace: Duration = .seconds(5)) {
         let all = lock.withLock { () -> [Process] in

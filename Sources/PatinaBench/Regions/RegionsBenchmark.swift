@@ -33,6 +33,26 @@ public struct RegionsBenchmark: Sendable {
         /// nodes: origin region → (count, sum in seconds).
         public var nodeLagByOriginRegion: [String: (count: Double, sumSeconds: Double)]
         public var errors: [String]
+        /// What the measured writes cost, summed over the whole cluster.
+        public var cost: Cost
+    }
+
+    /// Resources used from the first measured write until every write was
+    /// visible (or the settle time ran out), per accepted write.
+    public struct Cost: Sendable {
+        /// CPU of all agents, milliseconds per write.
+        public var agentCPUMillisecondsPerWrite: Double
+        /// CPU of this process (probe writers and watchers, WAN emulator).
+        public var benchCPUMillisecondsPerWrite: Double
+        /// Datagrams that entered the emulator, per write.
+        public var datagramsPerWrite: Double
+        public var nodes: Int
+
+        public var description: String {
+            String(format: "cost per write: agents %.2f ms CPU (%.3f ms per node), this process %.2f ms CPU, %.1f datagrams",
+                   agentCPUMillisecondsPerWrite, agentCPUMillisecondsPerWrite / Double(max(1, nodes)),
+                   benchCPUMillisecondsPerWrite, datagramsPerWrite)
+        }
     }
 
     /// Node names: region name and index, `fra1`, `fra2`, …
@@ -94,9 +114,18 @@ public struct RegionsBenchmark: Sendable {
         let rtts = try probe.measureRTTs()
         progress("measuring: \(writes) writes at \(rate)/s on all \(probeNodes.count) nodes in turn")
         let total = writes
+        let agentCPUBefore = cluster.agentCPUSeconds()
+        let benchCPUBefore = Self.ownCPUSeconds()
+        let datagramsBefore = emulator.stats.received
         let measured = try probe.run(count: writes, rate: rate, settle: settle, rttMilliseconds: rtts) { sent, visible in
             progress("  \(sent)/\(total) written, \(visible) visible everywhere")
         }
+        let accepted = Double(max(1, measured.acceptedWrites.count))
+        let cost = Cost(
+            agentCPUMillisecondsPerWrite: (cluster.agentCPUSeconds() - agentCPUBefore) * 1000 / accepted,
+            benchCPUMillisecondsPerWrite: (Self.ownCPUSeconds() - benchCPUBefore) * 1000 / accepted,
+            datagramsPerWrite: Double(emulator.stats.received - datagramsBefore) / accepted,
+            nodes: probeNodes.count)
         probe.stop()
         let lag = Self.scrapeLag(cluster.nodes)
 
@@ -111,7 +140,14 @@ public struct RegionsBenchmark: Sendable {
             floorMilliseconds: { topology.oneWayMilliseconds(from: $0, to: $1) })
         var errors = probe.errors
         if measured.failedWrites > 0 { errors.insert("\(measured.failedWrites) writes failed", at: 0) }
-        return Outcome(report: report, emulator: emulator.stats, nodeLagByOriginRegion: lag, errors: errors)
+        return Outcome(report: report, emulator: emulator.stats, nodeLagByOriginRegion: lag, errors: errors, cost: cost)
+    }
+
+    static func ownCPUSeconds() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+        return seconds(usage.ru_utime) + seconds(usage.ru_stime)
     }
 
     /// Sums every node's lag histogram per `origin_region` label.
