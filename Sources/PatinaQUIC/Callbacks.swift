@@ -107,8 +107,12 @@ extension ConnectionCore {
             }
             return 0
         }
-        cb.lost_datagram = { _, _, user in
-            core(user).datagramsLost += 1
+        cb.ack_datagram = { _, id, user in
+            core(user).messageDatagramAcked(id)
+            return 0
+        }
+        cb.lost_datagram = { _, id, user in
+            core(user).messageDatagramLost(id)
             return 0
         }
         cb.rand = { dest, length, _ in

@@ -38,7 +38,13 @@ final class ConnectionCore: @unchecked Sendable {
     var streams: [Int64: StreamCore] = [:]
     var sendQueue: [StreamCore] = []
     var connectionBlocked: [StreamCore] = []
-    var datagrams: [[UInt8]] = []
+    var datagrams: [OutgoingDatagram] = []
+    /// Message datagrams sent and not yet acknowledged, by datagram id: sent
+    /// again on a stream if ngtcp2 declares them lost (see `QUICConnection.sendMessage`).
+    var unackedMessages: [UInt64: [UInt8]] = [:]
+    /// Lost message datagrams waiting to be re-sent on a stream (not from inside a callback).
+    var lostMessages: [[UInt8]] = []
+    var messagesResent: UInt64 = 0
     var datagramWaiters: [CheckedContinuation<Void, any Error>] = []
     var openWaiters: [(kind: StreamKind, opened: (Result<StreamCore, QUICError>) -> Void)] = []
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
@@ -351,6 +357,7 @@ final class ConnectionCore: @unchecked Sendable {
     /// batched for UDP GSO, then re-arms the timer.
     func flush() {
         guard let conn, state == .handshaking || state == .established else { return }
+        if !lostMessages.isEmpty { resendLostMessages() }
         let maxPacket = ngtcp2_conn_get_max_tx_udp_payload_size(conn)
         let quantum = ngtcp2_conn_get_send_quantum(conn)
         let maxBatch = max(1, min(EndpointCore.sendBufferSize / maxPacket, max(1, quantum / maxPacket), 64))
@@ -377,13 +384,18 @@ final class ConnectionCore: @unchecked Sendable {
             if !datagrams.isEmpty {
                 var accepted: Int32 = 0
                 let id = nextDatagramID
-                nwrite = datagrams[0].withUnsafeBufferPointer { d in
+                nwrite = datagrams[0].bytes.withUnsafeBufferPointer { d in
                     patina_ngtcp2_conn_writev_datagram(
                         conn, dest, maxPacket, &accepted, UInt32(NGTCP2_WRITE_DATAGRAM_FLAG_MORE), id, d.baseAddress, d.count, ts)
                 }
                 if accepted != 0 || (nwrite < 0 && nwrite != Int(NGTCP2_ERR_WRITE_MORE)) {
                     // Accepted, or refused as too large for any packet: either way it leaves the queue.
-                    if accepted == 0 { logger.debug("datagram dropped: \(String(cString: ngtcp2_strerror(Int32(nwrite))))") }
+                    if accepted == 0 {
+                        logger.debug("datagram dropped: \(String(cString: ngtcp2_strerror(Int32(nwrite))))")
+                        if datagrams[0].resendIfLost { lostMessages.append(datagrams[0].bytes) }
+                    } else if datagrams[0].resendIfLost {
+                        rememberUnacked(id: id, datagrams[0].bytes)
+                    }
                     datagrams.removeFirst()
                     nextDatagramID += 1
                     if let waiter = datagramWaiters.first {
@@ -559,6 +571,8 @@ final class ConnectionCore: @unchecked Sendable {
         sendQueue.removeAll()
         connectionBlocked.removeAll()
         datagrams.removeAll()
+        unackedMessages.removeAll()
+        lostMessages.removeAll()
         for w in datagramWaiters { w.resume(throwing: error) }
         datagramWaiters.removeAll()
         let waiting = openWaiters
@@ -594,6 +608,47 @@ final class ConnectionCore: @unchecked Sendable {
         } else if let waiter = handshakeWaiter {
             handshakeWaiter = nil
             waiter.resume(returning: handle)
+        }
+    }
+
+    // MARK: Messages
+
+    /// Message datagrams kept for a resend at most; beyond it the oldest are
+    /// forgotten (their loss then goes unrepaired here, as for a plain datagram).
+    static let maxUnackedMessages = 4096
+
+    func rememberUnacked(id: UInt64, _ bytes: [UInt8]) {
+        unackedMessages[id] = bytes
+        if unackedMessages.count > 2 * Self.maxUnackedMessages {
+            let floor = id &- UInt64(Self.maxUnackedMessages)
+            unackedMessages = unackedMessages.filter { $0.key > floor }
+        }
+    }
+
+    func messageDatagramAcked(_ id: UInt64) {
+        unackedMessages.removeValue(forKey: id)
+    }
+
+    func messageDatagramLost(_ id: UInt64) {
+        datagramsLost += 1
+        if let bytes = unackedMessages.removeValue(forKey: id) {
+            lostMessages.append(bytes)
+            endpoint.markDirty(self)
+        }
+    }
+
+    /// Sends lost message datagrams again, each as one whole uni stream.
+    /// Called from `flush`, outside ngtcp2's callbacks.
+    func resendLostMessages() {
+        guard !lostMessages.isEmpty, state == .established else { return }
+        let lost = lostMessages
+        lostMessages = []
+        let limit = endpoint.config.streamSendBuffer
+        for bytes in lost {
+            messagesResent += 1
+            openStream(kind: .unidirectional) { result in
+                if case .success(let stream) = result { stream.write(bytes, fin: true, limit: limit, nil) }
+            }
         }
     }
 
@@ -692,7 +747,7 @@ final class ConnectionCore: @unchecked Sendable {
             latestRTT: .nanoseconds(Int64(stat.latest_rtt)), congestionWindow: stat.cwnd,
             bytesInFlight: stat.bytes_in_flight, bytesSent: bytesSent, bytesReceived: bytesReceived,
             packetsSent: packetsSent, packetsReceived: packetsReceived, probeTimeouts: probeTimeouts + UInt64(stat.pto_count),
-            datagramsLost: datagramsLost, sendDrops: sendDrops)
+            datagramsLost: datagramsLost, messagesResent: messagesResent, sendDrops: sendDrops)
     }
 
     /// The largest datagram payload that fits the peer's limit and one packet, or nil when the
@@ -711,4 +766,10 @@ final class ConnectionCore: @unchecked Sendable {
 private let getConnCallback: @convention(c) (UnsafeMutablePointer<ngtcp2_crypto_conn_ref>?) -> OpaquePointer? = { ref in
     guard let user = ref?.pointee.user_data else { return nil }
     return ConnectionCore.from(user).conn
+}
+
+/// A DATAGRAM frame waiting to be written; a message's is re-sent on a stream if lost.
+struct OutgoingDatagram {
+    var bytes: [UInt8]
+    var resendIfLost: Bool
 }

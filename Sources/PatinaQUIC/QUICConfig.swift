@@ -114,6 +114,8 @@ public struct QUICConnectionStats: Sendable, Hashable {
     /// probe timeouts fired and DATAGRAM frames declared lost.
     public var probeTimeouts: UInt64
     public var datagramsLost: UInt64
+    /// Message datagrams (`QUICConnection.sendMessage`) declared lost and sent again on a stream.
+    public var messagesResent: UInt64
     /// UDP sends the kernel refused (socket buffer full), which QUIC recovers as loss.
     public var sendDrops: UInt64
 }

@@ -66,6 +66,28 @@ public final class QUICConnection: Sendable {
     /// Sends one datagram. Suspends while the send queue is full; throws when the payload is
     /// larger than `maxDatagramPayloadSize` or the peer does not accept datagrams.
     public func sendDatagram(_ bytes: [UInt8]) async throws {
+        try await queueDatagram(bytes, resendIfLost: false)
+    }
+
+    /// Sends `bytes` as one message the peer receives whole: as a DATAGRAM frame (on the
+    /// peer's `incomingDatagrams`) when it fits one, else as one uni stream (on
+    /// `incomingStreams`, as `sendUniStream`). A message datagram that ngtcp2 declares lost
+    /// is sent again as a uni stream, so delivery is as reliable as a stream's while the
+    /// connection lasts; a loss declared wrongly can deliver a message twice.
+    ///
+    /// Why: a small message on its own stream costs about three packets (the data, the
+    /// peer's FIN and stream credit, the ack of those); as a datagram it costs one, plus a
+    /// share of an ack.
+    public func sendMessage(_ bytes: [UInt8]) async throws {
+        do {
+            try await queueDatagram(bytes, resendIfLost: true)
+        } catch let error as QUICError {
+            guard error.code == .datagramTooLarge || error.code == .datagramsUnsupported else { throw error }
+            try await sendUniStream(bytes)
+        }
+    }
+
+    private func queueDatagram(_ bytes: [UInt8], resendIfLost: Bool) async throws {
         // ngtcp2 0.12.1 asserts (aborting the process) when encoding an empty
         // DATAGRAM frame: refuse one here.
         guard !bytes.isEmpty else { throw QUICError(.datagramTooLarge, "an empty datagram cannot be sent") }
@@ -84,7 +106,7 @@ public final class QUICConnection: Sendable {
                     c.resume(throwing: QUICError(.datagramTooLarge, "\(bytes.count) > \(max) bytes"))
                     return
                 }
-                core.datagrams.append(bytes)
+                core.datagrams.append(OutgoingDatagram(bytes: bytes, resendIfLost: resendIfLost))
                 core.endpoint.markDirty(core)
                 if core.datagrams.count <= core.endpoint.config.datagramSendQueue {
                     c.resume()

@@ -87,13 +87,14 @@ final class StreamCore: @unchecked Sendable {
 
     // MARK: Send side (loop thread)
 
-    func write(_ bytes: [UInt8], fin: Bool, limit: Int, _ continuation: CheckedContinuation<Void, any Error>) {
+    /// Queues `bytes`; `continuation` (if any) resumes once they fit the send buffer.
+    func write(_ bytes: [UInt8], fin: Bool, limit: Int, _ continuation: CheckedContinuation<Void, any Error>?) {
         if let sendError {
-            continuation.resume(throwing: sendError)
+            continuation?.resume(throwing: sendError)
             return
         }
         guard canSend, !finQueued || (bytes.isEmpty && fin) else {
-            continuation.resume(throwing: QUICError(.protocolViolation, "stream \(id) is not writable"))
+            continuation?.resume(throwing: QUICError(.protocolViolation, "stream \(id) is not writable"))
             return
         }
         if !bytes.isEmpty {
@@ -105,6 +106,7 @@ final class StreamCore: @unchecked Sendable {
         if fin { finQueued = true }
         connection.enqueue(self)
         connection.endpoint.markDirty(connection)
+        guard let continuation else { return }
         if queuedOffset - ackedOffset <= UInt64(limit) {
             continuation.resume()
         } else {

@@ -207,6 +207,13 @@ import Glibc
         func noise(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) } }
         // (No empty datagram: ngtcp2 0.12 asserts on the *sending* side for a 0-byte DATAGRAM frame.)
         for n in [1, 7, 100, 1000] { try? await connection.sendDatagram(noise(n)) }
+        // Datagrams that start like a broadcast frame (first byte 0): bad lengths, a bad payload.
+        let broadcastLike: [[UInt8]] = [
+            [0, 0, 0, 0], [0, 0, 0, 200, 0x01] + noise(20), Frame(type: 0x01, payload: noise(50)).encoded(),
+        ]
+        for bytes in broadcastLike {
+            try? await connection.sendDatagram(bytes)
+        }
         // Broadcast streams: noise, a huge announced frame, a valid header with a bad payload, a cut frame.
         let streams: [[UInt8]] = [
             noise(3000), [0xFF, 0xFF, 0xFF, 0xFF, 0x01], Frame(type: 0x01, payload: noise(50)).encoded(),

@@ -315,6 +315,87 @@ extension Int {
     func map(_ f: (Int) -> Void) { f(self) }
 }
 
+@Suite("QUIC messages", .timeLimit(.minutes(2)))
+struct MessageClusterTests {
+    /// Receives `count` messages, from datagrams and uni streams alike.
+    static func receive(_ count: Int, on connection: QUICConnection) -> Task<[[UInt8]], any Error> {
+        Task {
+            try await withThrowingTaskGroup(of: [UInt8].self) { group in
+                let datagrams = AsyncStream<[UInt8]>.makeStream()
+                group.addTask {
+                    for await d in connection.incomingDatagrams { datagrams.continuation.yield(d) }
+                    return []
+                }
+                group.addTask {
+                    await withTaskGroup(of: Void.self) { streams in
+                        for await stream in connection.incomingStreams {
+                            streams.addTask { if let bytes = try? await stream.readAll() { datagrams.continuation.yield(bytes) } }
+                        }
+                    }
+                    return []
+                }
+                var got: [[UInt8]] = []
+                for await message in datagrams.stream {
+                    got.append(message)
+                    if Set(got).count == count { break }
+                }
+                group.cancelAll()
+                return got
+            }
+        }
+    }
+
+    @Test func smallMessagesGoAsDatagramsAndLargeOnesAsStreams() async throws {
+        let pair = try await Pair.make()
+        let max = try #require(await pair.clientSide.maxDatagramPayloadSize())
+        let datagrams = Task { () -> [[UInt8]] in
+            var got: [[UInt8]] = []
+            for await d in pair.serverSide.incomingDatagrams {
+                got.append(d)
+                if got.count == 2 { break }
+            }
+            return got
+        }
+        let streams = Task { () -> [UInt8] in
+            for await stream in pair.serverSide.incomingStreams { return try await stream.readAll() }
+            return []
+        }
+        try await pair.clientSide.sendMessage(pattern(1, count: 10))
+        try await pair.clientSide.sendMessage(pattern(2, count: max))
+        try await pair.clientSide.sendMessage(pattern(3, count: max + 1))
+        #expect(try await withDeadline(.seconds(10)) { await datagrams.value } == [pattern(1, count: 10), pattern(2, count: max)])
+        #expect(try await withDeadline(.seconds(10)) { try await streams.value } == pattern(3, count: max + 1))
+        await pair.shutdown()
+    }
+
+    @Test func lostMessageDatagramsAreResentOnStreams() async throws {
+        let pki = try TestPKI()
+        let logs = LogCapture()
+        let server = try QUICEndpoint(bind: loopback, config: config(try pki.node("server")), logger: logs.logger("server"))
+        let client = try QUICEndpoint(bind: loopback, config: config(try pki.node("client")), logger: logs.logger("client"))
+        let proxy = try LossyProxy(to: server.localAddress, dropEvery: 4)
+        let accepted = Task { () -> QUICConnection? in
+            for await c in server.incomingConnections { return c }
+            return nil
+        }
+        let clientSide = try await withDeadline(.seconds(10)) { try await client.connect(to: proxy.address) }
+        let serverSide = try #require(await accepted.value)
+        let count = 200
+        let received = Self.receive(count, on: serverSide)
+        for i in 0..<count { try await clientSide.sendMessage(pattern(i, count: 50 + i % 100)) }
+        let got = try await withDeadline(.seconds(60)) { try await received.value }
+        // Every message arrives, however often the proxy dropped the packet carrying it.
+        #expect(Set(got) == Set((0..<count).map { pattern($0, count: 50 + $0 % 100) }))
+        #expect(proxy.droppedCount > 0)
+        let stats = try #require(await clientSide.stats())
+        #expect(stats.messagesResent > 0)
+        proxy.stop()
+        await client.close()
+        await server.close()
+        pki.remove()
+    }
+}
+
 @Suite("QUIC connection reuse", .timeLimit(.minutes(1)))
 struct ConnectionCacheClusterTests {
     @Test func sendUniStreamDeliversWholeMessages() async throws {

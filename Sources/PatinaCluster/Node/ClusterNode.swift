@@ -216,8 +216,9 @@ public final class ClusterNode: Sendable {
         }
     }
 
-    /// Serves every connection (dialled or accepted): datagrams to membership,
-    /// uni streams to broadcast, bi streams to sync. Bad input is logged and dropped.
+    /// Serves every connection (dialled or accepted): datagrams to membership or
+    /// broadcast (by first byte, see ``QUICChangesetTransport``), uni streams to
+    /// broadcast, bi streams to sync. Bad input is logged and dropped.
     private func serveLoop() async {
         await withDiscardingTaskGroup { group in
             for await (connection, peer) in peers.registered {
@@ -230,7 +231,12 @@ public final class ClusterNode: Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await datagram in connection.incomingDatagrams {
-                    self.membershipTransport.deliver(datagram, from: peer)
+                    if datagram.first == 0 {
+                        // Malformed ones are counted and logged by the shell.
+                        try? await self.broadcastShell.received(streamBytes: datagram, from: peer)
+                    } else {
+                        self.membershipTransport.deliver(datagram, from: peer)
+                    }
                 }
             }
             group.addTask {

@@ -54,7 +54,11 @@ final class QUICMembershipTransport: MembershipTransport {
     }
 }
 
-/// Broadcast frames: one QUIC uni stream per send, on the cached connection.
+/// Broadcast frames as QUIC messages on the cached connection: a DATAGRAM frame
+/// when the frame fits one (re-sent on a uni stream if lost), else a uni stream.
+/// A broadcast frame starts with its u32 big-endian length, so its first byte is
+/// 0 for any frame that fits a datagram; a membership datagram starts with its
+/// version (1). The receiver tells them apart by that byte.
 final class QUICChangesetTransport: ChangesetTransport {
     let peers: PeerConnections
     /// Sends handed to QUIC but not returned yet (for the shutdown flush).
@@ -66,7 +70,7 @@ final class QUICChangesetTransport: ChangesetTransport {
         inFlight.add(1, ordering: .relaxed)
         defer { inFlight.subtract(1, ordering: .relaxed) }
         let c = try await peers.connection(to: peer)
-        try await c.sendUniStream(frame)
+        try await c.sendMessage(frame)
     }
 }
 
