@@ -66,7 +66,7 @@ public struct PatinaAPI: Sendable {
             (event.source == .remote ? rowsChangedRemote : rowsChangedLocal).increment(by: rows)
             if event.source == .remote { lag.record(event.origins) }
             updates.publish(event)
-            Task { await subscriptions.committed(tables: Set(event.rows.keys)) }
+            if !subscriptions.isEmpty { Task { await subscriptions.committed(tables: Set(event.rows.keys)) } }
         }
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PatinaCore
 import PatinaStore
+import Synchronization
 
 /// One event of a subscription's stream.
 public enum SubscriptionEvent: Sendable, Equatable {
@@ -210,6 +211,8 @@ public actor SubscriptionManager {
     private let access: StoreAccess
     private var subscriptions: [UUID: Subscription] = [:]
     private var byQuery: [String: UUID] = [:]
+    /// `subscriptions.count`, readable without a hop onto the actor.
+    private let live = Atomic<Int>(0)
     let idleTimeout: Duration
 
     public init(access: StoreAccess, idleTimeout: Duration = .seconds(600)) {
@@ -218,6 +221,11 @@ public actor SubscriptionManager {
     }
 
     var count: Int { subscriptions.count }
+
+    /// No subscription exists: the commit listener then skips the hop onto this
+    /// actor. A subscription made meanwhile re-runs its query once registered
+    /// (``subscribe(sql:parameters:)``), so no commit is missed.
+    public nonisolated var isEmpty: Bool { live.load(ordering: .acquiring) == 0 }
 
     func subscribe(sql: String, parameters: StatementParameters) async throws -> Subscription {
         let queryKey = sql + "\u{0}" + "\(parameters)"
@@ -228,6 +236,7 @@ public actor SubscriptionManager {
         try await subscription.start(tablePKs: pks)
         subscriptions[subscription.id] = subscription
         byQuery[queryKey] = subscription.id
+        live.store(subscriptions.count, ordering: .releasing)
         // Commits between the first run and now would be missed: look once more.
         await subscription.invalidate(changedTables: await subscription.tables)
         return subscription
@@ -254,6 +263,7 @@ public actor SubscriptionManager {
                 await subscription.close()
                 subscriptions[id] = nil
                 byQuery = byQuery.filter { $0.value != id }
+                live.store(subscriptions.count, ordering: .releasing)
             }
         }
     }
