@@ -626,7 +626,7 @@ final class ConnectionCore: @unchecked Sendable {
     }
 
     func messageDatagramAcked(_ id: UInt64) {
-        unackedMessages.removeValue(forKey: id)
+        if unackedMessages.removeValue(forKey: id) != nil { checkDrained() }
     }
 
     func messageDatagramLost(_ id: UInt64) {
@@ -729,10 +729,11 @@ final class ConnectionCore: @unchecked Sendable {
         endpoint.markDirty(self)
     }
 
-    /// Resolves `close(drain:)` callers once every stream's data has been acknowledged.
+    /// Resolves `close(drain:)` callers once every stream's data and every message
+    /// datagram has been acknowledged (a lost one goes again on a stream first).
     func checkDrained() {
         guard !drainWaiters.isEmpty else { return }
-        if streams.values.allSatisfy({ $0.isSendSettled }) && datagrams.isEmpty {
+        if streams.values.allSatisfy({ $0.isSendSettled }) && datagrams.isEmpty && unackedMessages.isEmpty && lostMessages.isEmpty {
             let waiters = drainWaiters
             drainWaiters.removeAll()
             for w in waiters { w.resume() }
