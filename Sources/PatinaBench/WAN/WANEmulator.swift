@@ -286,8 +286,8 @@ private final class WANRelay: @unchecked Sendable {
     private var queue = Heap<ScheduledDatagram>()
     private var sequence: UInt64 = 0
     /// One entry per relay socket (index = node), then the wake pipe.
-    private var pollSet: [pollfd]
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_535, alignment: 16)
+    private var pollSet: PollSet
+    private let buffer = DatagramBuffer()
     private let counters: Mutex<RelayCounters>
     private let stopRequested = Atomic(false)
     private let exitCondition = NSCondition()
@@ -310,15 +310,12 @@ private final class WANRelay: @unchecked Sendable {
             wake = try WakePipe()
         } catch {
             for socket in sockets { socket.close() }
-            buffer.deallocate()
             throw error
         }
         self.sockets = sockets
         relayEndpoints = sockets.map(\.localEndpoint)
-        pollSet = (sockets.map(\.fd) + [wake.readFD]).map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        pollSet = PollSet(sockets.map(\.fd) + [wake.readFD])
     }
-
-    deinit { buffer.deallocate() }
 
     func run() {
         raiseThreadPriority()
@@ -394,25 +391,24 @@ private final class WANRelay: @unchecked Sendable {
             let now = monotonicNanoseconds()
             timeout = next.due > now ? next.due - now : 0
         }
-        for index in pollSet.indices { pollSet[index].revents = 0 }
-        guard waitForEvents(&pollSet, timeoutNanoseconds: timeout) > 0 else { return }
-        if pollSet[sockets.count].revents != 0 { wake.drain() }
+        guard pollSet.wait(timeoutNanoseconds: timeout) else { return }
+        if pollSet.isSignalled(sockets.count) { wake.drain() }
     }
 
     private func receive() {
-        for to in sockets.indices where pollSet[to].revents & Int16(POLLIN) != 0 {
+        for to in sockets.indices where pollSet.isReadable(to) {
             for _ in 0..<Self.readBudget {
-                guard let datagram = sockets[to].receive(into: buffer) else { break }
+                guard let datagram = buffer.receive(from: sockets[to]) else { break }
                 guard let from = nodeByRealEndpoint[datagram.from] else {
                     counters.withLock { $0.droppedUnknownSource += 1 }
                     continue
                 }
-                admit(from: from, to: to, count: datagram.count)
+                admit(from: from, to: to, bytes: datagram.bytes)
             }
         }
     }
 
-    private func admit(from: Int, to: Int, count: Int) {
+    private func admit(from: Int, to: Int, bytes: [UInt8]) {
         guard queue.count < maxQueuedDatagrams else {
             counters.withLock { c in
                 c.received += 1
@@ -420,7 +416,7 @@ private final class WANRelay: @unchecked Sendable {
             }
             return
         }
-        guard let due = links.admit(from: from, to: to, bytes: count, now: monotonicNanoseconds()) else {
+        guard let due = links.admit(from: from, to: to, bytes: bytes.count, now: monotonicNanoseconds()) else {
             counters.withLock { c in
                 c.received += 1
                 c.droppedByLoss += 1
@@ -430,7 +426,7 @@ private final class WANRelay: @unchecked Sendable {
         }
         sequence += 1
         queue.insert(ScheduledDatagram(
-            due: due, sequence: sequence, from: from, to: to, bytes: Array(buffer[..<count])))
+            due: due, sequence: sequence, from: from, to: to, bytes: bytes))
         let queued = queue.count
         counters.withLock { c in
             c.received += 1

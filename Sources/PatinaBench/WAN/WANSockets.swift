@@ -123,6 +123,40 @@ struct UDPSocket: Sendable {
     func close() { Glibc.close(fd) }
 }
 
+/// The relay's one receive buffer, reused for every datagram it reads.
+final class DatagramBuffer {
+    private let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: 65_535, alignment: 16)
+
+    deinit { storage.deallocate() }
+
+    /// One datagram, copied out, or nil when none is waiting.
+    func receive(from socket: UDPSocket) -> (bytes: [UInt8], from: IPv4Endpoint)? {
+        guard let (count, from) = socket.receive(into: storage) else { return nil }
+        return (Array(storage[..<count]), from)
+    }
+}
+
+/// Descriptors waited on together for input (see `waitForEvents`).
+struct PollSet {
+    private var set: [pollfd]
+
+    init(_ descriptors: [Int32]) {
+        set = descriptors.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    }
+
+    /// Waits at most `timeoutNanoseconds` (nil: forever); true when any is readable.
+    mutating func wait(timeoutNanoseconds: UInt64?) -> Bool {
+        for index in set.indices { set[index].revents = 0 }
+        return waitForEvents(&set, timeoutNanoseconds: timeoutNanoseconds) > 0
+    }
+
+    /// Whether descriptor `index` (in the order given) was readable after the last wait.
+    func isReadable(_ index: Int) -> Bool { set[index].revents & Int16(POLLIN) != 0 }
+
+    /// Whether descriptor `index` reported anything (input, hang-up, error).
+    func isSignalled(_ index: Int) -> Bool { set[index].revents != 0 }
+}
+
 /// Lets another thread wake the loop out of `waitForEvents` (a pipe: eventfd, like epoll,
 /// is not in Swift's Glibc module).
 struct WakePipe: Sendable {
