@@ -584,145 +584,61 @@ struct NodeClient: Sendable {
     }
 }
 
+/// Requests through the CLI's client (PatinaNode.HTTPClient): status and body text.
 enum HTTP {
     enum Target { case tcp(Int), unix(String) }
 
-    static func connect(_ target: Target) throws -> Int32 {
-        switch target {
-        case .tcp(let port):
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            addr.sin_port = UInt16(port).bigEndian
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            if rc != 0 { close(fd); throw ClusterTestFailure(message: "connect 127.0.0.1:\(port): errno \(errno)") }
-            var one: Int32 = 1
-            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            return fd
-        case .unix(let path):
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-                let bytes = Array(path.utf8.prefix(raw.count - 1))
-                raw.copyBytes(from: bytes + [0])
-            }
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            if rc != 0 { close(fd); throw ClusterTestFailure(message: "connect \(path): errno \(errno)") }
-            return fd
-        }
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { throw ClusterTestFailure(message: "send failed: errno \(errno)") }
-            offset += n
-        }
-    }
-
     static func request(_ target: Target, _ method: String, _ path: String, body: Data = Data(),
                         timeoutSeconds: Int = 10) throws -> (Int, String) {
-        let fd = try connect(target)
-        defer { close(fd) }
-        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-        if method == "POST" { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
-        head += "\r\n"
-        try writeAll(fd, Array(head.utf8) + Array(body))
-        var response: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 { throw ClusterTestFailure(message: "recv failed: errno \(errno)") }
-            if n == 0 { break }
-            response += buffer[0..<n]
-        }
-        return try parse(response)
+        var client = HTTPClient(target: target.client)
+        client.timeout = .seconds(timeoutSeconds)
+        let response = try client.send(method, path, body: method == "POST" ? body : nil)
+        return (response.status, response.text)
     }
+}
 
-    static func parse(_ response: [UInt8]) throws -> (Int, String) {
-        guard let split = response.firstRange(of: Array("\r\n\r\n".utf8)) else { throw ClusterTestFailure(message: "no HTTP header") }
-        let header = String(decoding: response[..<split.lowerBound], as: UTF8.self)
-        let statusLine = header.split(separator: "\r\n").first ?? ""
-        let status = Int(statusLine.split(separator: " ").dropFirst().first ?? "") ?? 0
-        var body = Array(response[split.upperBound...])
-        if header.lowercased().contains("transfer-encoding: chunked") { body = dechunk(body).data }
-        return (status, String(decoding: body, as: UTF8.self))
-    }
-
-    /// Decodes as much of a chunked body as is complete; returns the data and bytes consumed.
-    static func dechunk(_ bytes: [UInt8]) -> (data: [UInt8], consumed: Int) {
-        var out: [UInt8] = []
-        var i = 0
-        while true {
-            guard let lineEnd = bytes[i...].firstRange(of: Array("\r\n".utf8)) else { break }
-            let sizeText = String(decoding: bytes[i..<lineEnd.lowerBound], as: UTF8.self).split(separator: ";").first ?? ""
-            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { break }
-            let start = lineEnd.upperBound
-            guard bytes.count >= start + size + 2 else { break }
-            out += bytes[start..<(start + size)]
-            i = start + size + 2
-            if size == 0 { break }
+extension HTTP.Target {
+    var client: HTTPClient.Target {
+        switch self {
+        case .tcp(let port): .tcp(host: "127.0.0.1", port: port)
+        case .unix(let path): .unix(path: path)
         }
-        return (out, i)
     }
 }
 
 /// Follows POST /v1/updates/{table} of one node on a thread of its own, recording
 /// when each primary key was first notified (monotonic nanoseconds).
+/// `@unchecked Sendable`: its state is guarded by `lock`.
 final class UpdateWatcher: @unchecked Sendable {
     private let lock = NSLock()
     private var firstSeen: [String: UInt64] = [:]
-    private let fd: Int32
-    private var thread: Thread?
+    private var open = false
+    private var stopped = false
 
+    /// Returns once the stream is open (the server subscribes before it answers).
     init(port: Int, table: String) throws {
-        fd = try HTTP.connect(.tcp(port))
-        let head = "POST /v1/updates/\(table) HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
-        try HTTP.writeAll(fd, Array(head.utf8))
-        let fd = self.fd
-        let thread = Thread { [weak self] in
-            var raw: [UInt8] = []
-            var headerDone = false
-            var pending: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-            while true {
-                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                if n <= 0 { return }
+        let client = HTTPClient(target: .tcp(host: "127.0.0.1", port: port))
+        Thread.detachNewThread { [self] in
+            try? client.lines("POST", "/v1/updates/\(table)", onHead: { _, _ in self.lock.withLock { self.open = true } }) { line in
                 let now = monotonicNanos()
-                raw += buffer[0..<n]
-                if !headerDone {
-                    guard let split = raw.firstRange(of: Array("\r\n\r\n".utf8)) else { continue }
-                    raw = Array(raw[split.upperBound...])
-                    headerDone = true
-                }
-                let (data, consumed) = HTTP.dechunk(raw)
-                raw.removeFirst(consumed)
-                pending += data
-                while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    let line = Array(pending[..<nl])
-                    pending.removeFirst(nl + 1)
-                    guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any],
-                          let notify = object["notify"] as? [Any], notify.count == 2,
-                          let pk = notify[1] as? [Any], let key = pk.first as? String else { continue }
-                    guard let self else { return }
-                    self.lock.withLock { if self.firstSeen[key] == nil { self.firstSeen[key] = now } }
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+                      let notify = object["notify"] as? [Any], notify.count == 2,
+                      let pk = notify[1] as? [Any], let key = pk.first as? String else { return true }
+                return self.lock.withLock {
+                    if self.firstSeen[key] == nil { self.firstSeen[key] = now }
+                    return !self.stopped
                 }
             }
         }
-        self.thread = thread
-        thread.start()
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !lock.withLock({ open }) {
+            guard ContinuousClock.now < deadline else { throw ClusterTestFailure(message: "update stream on port \(port) did not open") }
+            usleep(10_000)
+        }
     }
 
     func seen(_ key: String) -> UInt64? { lock.withLock { firstSeen[key] } }
 
-    func stop() { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
+    /// Ends the watch at its next line; the stream closes when the agents stop.
+    func stop() { lock.withLock { stopped = true } }
 }
