@@ -70,6 +70,7 @@ let package = Package(
             dependencies: [
                 "PatinaCore", "PatinaStore", "PatinaQUIC",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             path: "Sources/PatinaCluster"),
         .target(

@@ -44,6 +44,17 @@ import Glibc
         }
         let rows = try await cluster.waitIdentical("SELECT k, v FROM kv ORDER BY k", timeout: .seconds(15))
         cluster.check(rows?.count == 7, "expected 7 identical rows everywhere, got \(String(describing: rows))")
+
+        // The cluster's own counts reach the metrics endpoint (exported every second):
+        // n1 broadcast its 7 local transactions and merged the others'.
+        var metrics: [String: Double] = [:]
+        let exported = try await pollUntil(.seconds(10)) {
+            metrics = (try? cluster.metrics(0)) ?? [:]
+            return metrics["patina_broadcast_changesets_total{kind=\"local\"}", default: 0] >= 7
+                && metrics["patina_apply_changesets_total", default: 0] >= 10
+                && metrics["patina_members{state=\"alive\"}"] == 2
+        }
+        cluster.check(exported, "cluster metrics of n1: \(metrics.filter { $0.key.hasPrefix("patina_broadcast") || $0.key.hasPrefix("patina_apply") || $0.key.hasPrefix("patina_members") })")
     }
 
     /// Five nodes; conflicting updates and deletes of the same rows on every node
@@ -334,6 +345,7 @@ final class ProcessCluster: @unchecked Sendable {
         let dir: String
         let apiPort: Int
         let gossipPort: Int
+        let metricsPort: Int
         var configPath: String { dir + "/node.toml" }
         var adminPath: String { dir + "/admin.sock" }
         var logPath: String { dir + "/agent.log" }
@@ -357,7 +369,8 @@ final class ProcessCluster: @unchecked Sendable {
             let dir = root + "/" + name
             try FileManager.default.createDirectory(atPath: dir + "/schema", withIntermediateDirectories: true)
             try "CREATE TABLE kv (k TEXT NOT NULL PRIMARY KEY, v);".write(toFile: dir + "/schema/s.sql", atomically: true, encoding: .utf8)
-            nodes.append(Node(name: name, dir: dir, apiPort: Self.freePort(tcp: true), gossipPort: Self.freePort(tcp: false)))
+            nodes.append(Node(name: name, dir: dir, apiPort: Self.freePort(tcp: true), gossipPort: Self.freePort(tcp: false),
+                              metricsPort: Self.freePort(tcp: true)))
         }
         self.nodes = nodes
         for name in extraCertificates {
@@ -386,11 +399,26 @@ final class ProcessCluster: @unchecked Sendable {
                 cert_file = "\(root)/certs/\(node.name).pem"
                 key_file = "\(root)/certs/\(node.name).key"
                 ca_file = "\(root)/certs/ca.pem"
+
+                [telemetry]
+                prometheus_addr = "127.0.0.1:\(node.metricsPort)"
                 """.write(toFile: node.configPath, atomically: true, encoding: .utf8)
         }
     }
 
     func node(_ i: Int) -> NodeClient { nodes[i].client }
+
+    /// Node `i`'s Prometheus samples, by name and labels as printed.
+    func metrics(_ i: Int) throws -> [String: Double] {
+        let (status, text) = try HTTP.request(.tcp(nodes[i].metricsPort), "GET", "/metrics")
+        guard status == 200 else { throw ClusterTestFailure(message: "metrics \(status): \(text)") }
+        var samples: [String: Double] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+            samples[String(line[..<space])] = value
+        }
+        return samples
+    }
 
     func startAll() throws { for i in nodes.indices { try start(i) } }
 

@@ -293,10 +293,14 @@ public final class ClusterNode: Sendable {
         await syncShell.membersChanged(reachable.map { SyncPeer(id: $0.address, rtt: $0.rttMin) })
     }
 
-    /// Feeds ngtcp2's smoothed RTT of each peer's connection to membership.
+    /// Feeds ngtcp2's smoothed RTT of each peer's connection to membership, and
+    /// the cluster's counts to the metrics endpoint.
     private func rttLoop() async {
+        var metrics = ClusterMetrics()
         while !Task.isCancelled {
             do { try await Task.sleep(for: config.rttInterval) } catch { return }
+            metrics.export(broadcast: await broadcastShell.metrics, apply: await applyQueue.stats,
+                           applyQueueDepth: await applyQueue.depth, memberStates: await membership.members.map(\.status))
             let live = await peers.live()
             guard !live.isEmpty else { continue }
             let byAddress = Dictionary(await membership.members.map { ($0.address, $0.id) }, uniquingKeysWith: { a, _ in a })

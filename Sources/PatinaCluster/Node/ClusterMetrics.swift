@@ -1,0 +1,45 @@
+import Metrics
+
+/// The cluster's own counts on the metrics endpoint, next to the API's: what
+/// broadcast sends and drops, what the apply queue merges and refuses, how many
+/// members are in each state. The shells keep cumulative counts (the pure state
+/// machines own them); every `rttInterval` the node hands a snapshot here, and
+/// the counters grow by what changed since the last one.
+struct ClusterMetrics {
+    private var previous: [String: Int] = [:]
+    private var counters: [String: Counter] = [:]
+    private let applyDepth = Gauge(label: "patina_apply_queue_depth")
+    private let members: [MemberStatus: Gauge] = Dictionary(uniqueKeysWithValues: [MemberStatus.alive, .suspect, .down].map {
+        ($0, Gauge(label: "patina_members", dimensions: [("state", "\($0)")]))
+    })
+
+    mutating func export(broadcast b: BroadcastMetrics, apply a: ApplyQueue.Stats, applyQueueDepth: Int, memberStates: [MemberStatus]) {
+        count("patina_broadcast_changesets_total", ["kind": "local"], b.localChangesets)
+        count("patina_broadcast_changesets_total", ["kind": "received"], b.receivedChangesets)
+        count("patina_broadcast_changesets_total", ["kind": "duplicate"], b.duplicates)
+        count("patina_broadcast_sends_total", [:], b.sends)
+        count("patina_broadcast_changesets_sent_total", [:], b.changesetsSent)
+        count("patina_broadcast_retransmissions_total", [:], b.retransmissions)
+        count("patina_broadcast_send_failures_total", [:], b.sendFailures)
+        count("patina_broadcast_dropped_total", ["from": "peer_queue"], b.droppedQueued)
+        count("patina_broadcast_dropped_total", ["from": "retransmission_set"], b.droppedPending)
+        count("patina_apply_changesets_total", [:], a.mergedChangesets)
+        count("patina_apply_batches_total", [:], a.batches)
+        count("patina_apply_refused_total", [:], a.refused)
+        count("patina_apply_rejections_total", [:], a.rejections)
+        count("patina_apply_errors_total", [:], a.mergeErrors)
+        applyDepth.record(applyQueueDepth)
+        for (state, gauge) in members { gauge.record(memberStates.filter { $0 == state }.count) }
+    }
+
+    private mutating func count(_ label: String, _ dimensions: [String: String], _ total: Int) {
+        let key = label + dimensions.sorted { $0.key < $1.key }.map { "|\($0.key)=\($0.value)" }.joined()
+        let delta = total - previous[key, default: 0]
+        previous[key] = total
+        guard delta > 0 else { return }
+        if counters[key] == nil {
+            counters[key] = Counter(label: label, dimensions: dimensions.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+        }
+        counters[key]!.increment(by: delta)
+    }
+}
