@@ -365,7 +365,11 @@ final class ConnectionCore: @unchecked Sendable {
         var used = 0
         var segment = 0
         var packets = 0
-        var vecs = [ngtcp2_vec](repeating: ngtcp2_vec(), count: 16)
+        // Borrowed from the endpoint (left empty meanwhile, so writes need no copy): no allocation per flush.
+        var vecs = endpoint.streamVecs
+        endpoint.streamVecs = []
+        if vecs.isEmpty { vecs = [ngtcp2_vec](repeating: ngtcp2_vec(), count: 16) }  // a nested flush
+        defer { endpoint.streamVecs = vecs }
         let ts = endpoint.now
         var queueIndex = 0
 

@@ -43,6 +43,8 @@ final class EndpointCore: @unchecked Sendable {
     /// Scratch buffers owned by the loop: one datagram in, one GSO batch out.
     let receiveBuffer: UnsafeMutablePointer<UInt8>
     let sendBuffer: UnsafeMutablePointer<UInt8>
+    /// Scratch for the pieces of one stream's data handed to ngtcp2 (reused by every flush).
+    var streamVecs = [ngtcp2_vec](repeating: ngtcp2_vec(), count: 16)
     static let receiveBufferSize = 65536
     static let sendBufferSize = 65536
 

@@ -179,6 +179,10 @@ public struct BroadcastStateMachine: Sendable {
     private var seenHead = 0
     private var nextOrder: UInt64 = 0
     private var scheduledTickAt: Duration?
+    /// No pending item is due before this (it may be earlier than the true
+    /// minimum after removals: a tick then finds nothing and recomputes it).
+    /// Kept so that a flush need not scan every pending item.
+    private var earliestRetransmission: Duration?
 
     public init(localActor: ActorID, config: BroadcastConfig = BroadcastConfig(), rng: SplitMix64) {
         self.localActor = localActor
@@ -334,6 +338,7 @@ public struct BroadcastStateMachine: Sendable {
         if let at = scheduledTickAt, at <= now { scheduledTickAt = nil }
         var touched: [String] = []
         let due = pending.filter { $0.value.nextSendAt <= now }.sorted { $0.value.order < $1.value.order }
+        earliestRetransmission = pending.values.lazy.map(\.nextSendAt).filter { $0 > now }.min()
         let limit = maxTransmissions
         for (key, var item) in due {
             var excluded = item.sentTo
@@ -352,6 +357,7 @@ public struct BroadcastStateMachine: Sendable {
             } else {
                 item.nextSendAt = now + config.retransmitDelay * item.sendCount
                 pending[key] = item
+                noteRetransmission(at: item.nextSendAt)
             }
         }
         return flush(touched, now: now)
@@ -366,6 +372,7 @@ public struct BroadcastStateMachine: Sendable {
         for t in targets { enqueue(t, key: key, item: item, touched: &touched) }
         guard retransmit, maxTransmissions > 1, targets.count < members.count - (source == nil ? 0 : 1) else { return }
         pending[key] = item
+        noteRetransmission(at: item.nextSendAt)
         if pending.count > config.maxPendingItems {
             // Evict the most-sent, then oldest item.
             if let victim = pending.max(by: { a, b in
@@ -421,13 +428,17 @@ public struct BroadcastStateMachine: Sendable {
             if batch.count > 1 { metrics.batchedSends += 1 }
             directives.append(.send(to: peer, changesets: batch))
         }
-        if let now, let next = pending.values.map(\.nextSendAt).min() {
+        if let now, !pending.isEmpty, let next = earliestRetransmission {
             if scheduledTickAt == nil || next < scheduledTickAt! {
                 scheduledTickAt = next
                 directives.append(.scheduleTick(after: max(.zero, next - now)))
             }
         }
         return directives
+    }
+
+    private mutating func noteRetransmission(at time: Duration) {
+        earliestRetransmission = min(earliestRetransmission ?? time, time)
     }
 
     private mutating func remember(_ key: ItemKey) {
