@@ -1,5 +1,6 @@
 import Logging
 import PatinaQUIC
+import Synchronization
 
 /// One live QUIC connection per peer gossip address ("host:port"), dialled on demand
 /// or adopted when the peer dials us. Every connection, dialled or accepted, is
@@ -12,7 +13,12 @@ actor PeerConnections {
     private let endpoint: QUICEndpoint
     private let connectTimeout: Duration
     private let logger: Logger
-    private var connections: [String: QUICConnection] = [:]
+    private var connections: [String: QUICConnection] = [:] {
+        didSet { mirror.withLock { $0 = connections } }
+    }
+    /// `connections`, readable without a hop onto the actor: every broadcast and
+    /// membership send looks its peer up, and almost always finds it.
+    private nonisolated let mirror = Mutex<[String: QUICConnection]>([:])
     private var pending: [String: Task<QUICConnection, any Error>] = [:]
     private var closed = false
 
@@ -27,9 +33,9 @@ actor PeerConnections {
         (registered, registeredContinuation) = AsyncStream.makeStream()
     }
 
-    /// The cached live connection to `peer`, if any (never dials).
-    func existing(_ peer: String) -> QUICConnection? {
-        if let c = connections[peer], !c.isClosed { return c }
+    /// The cached live connection to `peer`, if any (never dials, never suspends).
+    nonisolated func existing(_ peer: String) -> QUICConnection? {
+        if let c = mirror.withLock({ $0[peer] }), !c.isClosed { return c }
         return nil
     }
 

@@ -27,7 +27,7 @@ final class QUICMembershipTransport: MembershipTransport {
     func finish() { continuation.finish() }
 
     func send(_ bytes: [UInt8], to address: String) async {
-        if let c = await peers.existing(address) {
+        if let c = peers.existing(address) {
             do { try await c.sendDatagram(bytes) } catch {
                 logger.debug("membership datagram not sent", metadata: ["peer": "\(address)", "error": "\(error)"])
             }
@@ -69,8 +69,11 @@ final class QUICChangesetTransport: ChangesetTransport {
     func send(_ frame: [UInt8], to peer: String) async throws {
         inFlight.add(1, ordering: .relaxed)
         defer { inFlight.subtract(1, ordering: .relaxed) }
-        let c = try await peers.connection(to: peer)
-        try await c.sendMessage(frame)
+        if let c = peers.existing(peer) {
+            try await c.sendMessage(frame)
+        } else {
+            try await peers.connection(to: peer).sendMessage(frame)
+        }
     }
 }
 
