@@ -20,11 +20,11 @@ public final class WriteTransaction {
     public func execute(_ sql: String, _ parameters: StatementParameters = .none) throws -> Int {
         let stmt = try core.prepareUserStatement(sql, parameters)
         let before = core.db.totalChanges
+        let mark = core.capture.events.count
         do {
             try core.runUser { while try stmt.step() {} }
         } catch {
-            // A failed statement is rolled back, the cells it captured with it.
-            core.capture.needsReadBack = true
+            core.forgetRolledBackEvents(since: mark, totalChangesBefore: before)
             throw error
         }
         return core.db.totalChanges - before == 0 ? 0 : core.db.changes
@@ -38,13 +38,15 @@ public final class WriteTransaction {
     /// Runs a read inside the transaction (sees its own writes).
     public func query(_ sql: String, _ parameters: StatementParameters = .none) throws -> [[SQLValue]] {
         let stmt = try core.prepareUserStatement(sql, parameters)
+        let before = core.db.totalChanges
+        let mark = core.capture.events.count
         var rows: [[SQLValue]] = []
         do {
             try core.runUser {
                 while try stmt.step() { rows.append((0..<stmt.columnCount).map { stmt.value(at: $0) }) }
             }
         } catch {
-            core.capture.needsReadBack = true  // as in execute (RETURNING writes)
+            core.forgetRolledBackEvents(since: mark, totalChangesBefore: before)  // as in execute (RETURNING writes)
             throw error
         }
         return rows
@@ -85,6 +87,19 @@ extension StoreCore {
             return try body()
         } catch let error as SQLiteError where error.isAuthorizationDenied || capture.deniedReason != nil {
             throw StatementNotAllowed(reason: capture.deniedReason ?? error.message)
+        } catch let error as SQLiteError where error.message.hasPrefix("no such function: patina_") {
+            // The patina_ namespace is the store's, as when it had capture functions.
+            throw StatementNotAllowed(reason: "function \(error.message.dropFirst("no such function: ".count)) is internal")
+        }
+    }
+
+    /// After a failed user statement: SQLite rolled back the statement's row
+    /// changes (so the hook's events for them must go) unless its conflict
+    /// clause was FAIL, which keeps the rows it changed before failing; only
+    /// those count in `total_changes`.
+    func forgetRolledBackEvents(since mark: Int, totalChangesBefore: Int) {
+        if db.totalChanges == totalChangesBefore && mark < capture.events.count {
+            capture.events.removeSubrange(mark...)
         }
     }
 
@@ -96,72 +111,214 @@ extension StoreCore {
         var event: CommitEvent?
         let result = try inTransaction { () throws -> (T, Int64?, [Changeset]) in
             let ts = hlc.tick(nowMilliseconds: now())
-            capture.version = version
-            capture.nextSeq = 0
-            capture.cells.removeAll(keepingCapacity: true)
-            capture.touched.removeAll(keepingCapacity: true)
-            capture.needsReadBack = false
+            capture.events.removeAll(keepingCapacity: true)
             capture.capturing = true
             let value = try body(WriteTransaction(core: self))
             capture.capturing = false
-            guard capture.nextSeq > 0 else { return (value, nil, []) }
-            let lastSeq = capture.nextSeq - 1
+            guard !db.isAutocommit else {
+                // A statement with ON CONFLICT ROLLBACK ended the transaction.
+                throw SQLiteError(code: SQLITE_ERROR, message: "the transaction was rolled back by a failed statement", sql: nil)
+            }
+            let written = try recordCapturedWrites(version: version)
+            capture.events.removeAll(keepingCapacity: true)
+            guard !written.changes.isEmpty else { return (value, nil, []) }
+            let lastSeq = Int64(written.changes.count - 1)
             try db.run("INSERT INTO __patina_versions (site, version, last_seq, ts) VALUES (0, ?, ?, ?)",
                        [.integer(version), .integer(lastSeq), .integer(Int64(bitPattern: ts.rawValue))])
             books[local, default: ActorBookkeeping()].applied.insert(version)
             try persistRanges(table: "__patina_bookkeeping", site: local, ranges: books[local]!.applied)
-            let changes: [Change]
-            let rows: [String: [PackedPrimaryKey: RowChangeKind]]
-            try recordKeys(site: local, version: version, keys: capture.cells.map { ($0.table, $0.pk) } + capture.touched)
-            if capture.needsReadBack {
-                changes = try readChanges(site: local, versions: version...version)[version] ?? []
-                rows = Self.rowKinds(changes)
-            } else {
-                // Only new rows: every cell is at col_version 1 of the row's first life.
-                (changes, rows) = Self.insertedChanges(capture.cells)
-            }
-            capture.cells.removeAll(keepingCapacity: true)
-            capture.touched.removeAll(keepingCapacity: true)
-            event = CommitEvent(source: .local(version: version), rows: rows)
-            let changesets = Self.chunk(actor: actorID, version: version, changes: changes, lastSeq: lastSeq, ts: ts)
+            try recordKeys(site: local, version: version, keys: written.keys)
+            event = CommitEvent(source: .local(version: version), rows: written.rows)
+            let changesets = Self.chunk(actor: actorID, version: version, changes: written.changes, lastSeq: lastSeq, ts: ts)
             return (value, version, changesets)
         }
         if let event { notify(event) }
         return (result.0, result.1, result.2, event)
     }
 
-    /// The changes of a transaction that only inserted new rows, from the cells
-    /// its triggers captured (in seq order), and its rows for listeners.
-    static func insertedChanges(_ cells: [CapturedCell]) -> ([Change], [String: [PackedPrimaryKey: RowChangeKind]]) {
+    /// What a local transaction wrote: its changes in seq order, its rows for
+    /// listeners, and the rows to list in `__patina_keys`.
+    struct CapturedWrites {
         var changes: [Change] = []
-        changes.reserveCapacity(cells.count)
         var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
-        var lastTable = ""
-        var tableRows: [PackedPrimaryKey: RowChangeKind] = [:]
-        var pk = PackedPrimaryKey(bytes: [])
-        for cell in cells {
-            if cell.table != lastTable {
-                if !lastTable.isEmpty { rows[lastTable, default: [:]].merge(tableRows) { _, new in new } }
-                tableRows = [:]
-                lastTable = cell.table
-                pk = PackedPrimaryKey(bytes: [])
-            }
-            if cell.pk != pk.bytes {  // cells of one row share their key's storage (see patina_cell)
-                pk = PackedPrimaryKey(bytes: cell.pk)
-                tableRows[pk] = .upsert
-            }
-            changes.append(Change(table: cell.table, pk: pk, cid: cell.cid, val: cell.val, colVersion: 1, seq: cell.seq, cl: 1))
-        }
-        if !lastTable.isEmpty { rows[lastTable, default: [:]].merge(tableRows) { _, new in new } }
-        return (changes, rows)
+        var keys: [(table: String, pk: [UInt8])] = []
     }
 
-    static func rowKinds(_ changes: [Change]) -> [String: [PackedPrimaryKey: RowChangeKind]] {
-        var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
-        for c in changes {
-            rows[c.table, default: [:]][c.pk] = c.cl % 2 == 0 ? .delete : .upsert
+    /// What the events of one transaction did to one row.
+    private struct RowWrites {
+        var table: Int32
+        var pk: [UInt8]
+        /// Inserts and deletes, in order: each starts or ends a life of the row.
+        var lifeEvents: [RowEvent.Op] = []
+        /// Non-key values before the first event, when it was an update.
+        var original: [SQLValue]?
+        /// Non-key values after the last event; nil when it deleted the row.
+        var final: [SQLValue]?
+    }
+
+    private struct RowID: Hashable {
+        var table: Int32
+        var pk: [UInt8]
+    }
+
+    /// Turns the hook's events into clock rows and changes, stamped with
+    /// `version` of this node (site 0), seqs in row order.
+    ///
+    /// A row inserted once and never clocked before — the usual write — takes
+    /// one insert of its compact clock; any other row reads its clock, works
+    /// out what the transaction did to it as a whole (the CRDT rules of local
+    /// writes, docs/store.md) and writes the clock back.
+    func recordCapturedWrites(version: Int64) throws -> CapturedWrites {
+        var out = CapturedWrites()
+        let events = capture.events
+        guard !events.isEmpty else { return out }
+        var rows: [RowWrites] = []
+        rows.reserveCapacity(events.count)
+        var index: [RowID: Int] = [:]
+        index.reserveCapacity(events.count)
+        for e in events {
+            let id = RowID(table: e.table, pk: e.pk)
+            let i: Int
+            if let found = index[id] {
+                i = found
+            } else {
+                i = rows.count
+                index[id] = i
+                rows.append(RowWrites(table: e.table, pk: e.pk, original: e.op == .update ? e.old : nil))
+            }
+            switch e.op {
+            case .insert:
+                rows[i].lifeEvents.append(.insert)
+                rows[i].final = e.new
+            case .delete:
+                rows[i].lifeEvents.append(.delete)
+                rows[i].final = nil
+            case .update:
+                rows[i].final = e.new
+            }
         }
-        return rows
+        var seq: Int64 = 0
+        var lastTable: Int32 = -1
+        var table = TableInfo(name: "", pkColumns: [], columns: [])
+        var st: TableStatements?
+        for row in rows {
+            if row.table != lastTable {
+                lastTable = row.table
+                guard let info = tables[capture.watched[Int(row.table)].name] else { continue }
+                table = info
+                st = try statements(for: info)
+            }
+            guard let st else { continue }
+            let pk = PackedPrimaryKey(bytes: row.pk)
+            if row.lifeEvents.count == 1, row.lifeEvents[0] == .insert, let values = row.final,
+               try insertFirstLife(st, table, pk: pk, values: values, version: version, seq: &seq, into: &out) {
+                continue
+            }
+            try recordRow(row, st, table, pk: pk, version: version, seq: &seq, into: &out)
+        }
+        return out
+    }
+
+    /// The fast path: the compact clock of a new row's first life, unless the
+    /// row already has a clock (then false, and nothing was written).
+    private func insertFirstLife(
+        _ st: TableStatements, _ table: TableInfo, pk: PackedPrimaryKey, values: [SQLValue], version: Int64,
+        seq: inout Int64, into out: inout CapturedWrites
+    ) throws -> Bool {
+        let s = st.insertClockIfAbsent
+        s.reset()
+        try st.bindClockKey(s, pk)
+        try TableStatements.bindStored(s, .compact(site: 0, version: version, seq: seq, count: Int64(table.columns.count)))
+        try s.step()
+        s.reset()
+        guard db.changes == 1 else { return false }
+        if table.columns.isEmpty {
+            out.changes.append(Change(table: table.name, pk: pk, cid: Change.sentinelColumn, val: .null, colVersion: 1, seq: seq, cl: 1))
+            seq += 1
+        } else {
+            for (i, column) in table.columns.enumerated() {
+                out.changes.append(Change(table: table.name, pk: pk, cid: column, val: i < values.count ? values[i] : .null,
+                                          colVersion: 1, seq: seq, cl: 1))
+                seq += 1
+            }
+        }
+        out.rows[table.name, default: [:]][pk] = .upsert
+        out.keys.append((table.name, pk.bytes))
+        return true
+    }
+
+    /// The general path for one row (see recordCapturedWrites).
+    ///
+    /// Each insert of an absent row starts a life (causal length to the next
+    /// odd), each delete ends one (next even; an unknown row's delete records
+    /// cl 2); a new life restarts every column clock at col_version 1 and
+    /// drops the old ones. A row alive throughout gets one more col_version on
+    /// each column whose value differs from the transaction's start.
+    private func recordRow(
+        _ row: RowWrites, _ st: TableStatements, _ table: TableInfo, pk: PackedPrimaryKey, version: Int64,
+        seq: inout Int64, into out: inout CapturedWrites
+    ) throws {
+        let before = try st.readClock(pk)
+        var clock = before ?? RowClock()
+        let cl0 = clock.cl
+        var cl = cl0
+        for op in row.lifeEvents {
+            switch op {
+            case .insert: if cl % 2 == 0 { cl += 1 }
+            case .delete: if cl % 2 == 1 { cl += 1 } else if cl == 0 { cl = 2 }
+            case .update: break
+            }
+        }
+        var writeSentinel = false
+        var written: [Int] = []
+        if cl != cl0 {
+            clock.cells = []
+            clock.sentinel = nil
+            // A first life (from unknown) keeps no sentinel unless the table has only key columns.
+            writeSentinel = !(cl == 1 && cl0 == 0 && !table.columns.isEmpty)
+            if row.final != nil { written = Array(table.columns.indices) }
+        } else if let final = row.final {
+            if row.lifeEvents.isEmpty, let original = row.original {
+                let defaults = columnDefaults[table.name] ?? []
+                for i in table.columns.indices where i < final.count && i < original.count {
+                    var old = original[i]
+                    // A row stored before column i was added reads NULL from the hook,
+                    // but holds the column's DEFAULT (and has never had a clock for it).
+                    if old == .null, clock.cell(i) == nil, i < defaults.count, let d = defaults[i] { old = d }
+                    if !Self.sameValue(old, final[i]) { written.append(i) }
+                }
+            } else {
+                written = Array(table.columns.indices)  // an insert over a row its clock says is alive
+            }
+        }
+        guard writeSentinel || !written.isEmpty else { return }
+        var changes: [(cid: String, val: SQLValue, colVersion: Int64, seq: Int64)] = []
+        if writeSentinel {
+            clock.sentinel = ClockEntry(colVersion: cl, site: 0, version: version, seq: seq)
+            changes.append((Change.sentinelColumn, .null, cl, seq))
+            seq += 1
+        }
+        for i in written {
+            let colVersion = cl != cl0 ? 1 : (clock.cell(i)?.colVersion ?? 0) + 1
+            clock.setCell(i, ClockEntry(colVersion: colVersion, site: 0, version: version, seq: seq))
+            changes.append((table.columns[i], row.final![i], colVersion, seq))
+            seq += 1
+        }
+        try st.storeClock(pk, clock)
+        let rowCl = clock.cl
+        for c in changes {
+            out.changes.append(Change(table: table.name, pk: pk, cid: c.cid, val: c.val, colVersion: c.colVersion, seq: c.seq, cl: rowCl))
+        }
+        out.rows[table.name, default: [:]][pk] = rowCl % 2 == 0 ? .delete : .upsert
+        out.keys.append((table.name, pk.bytes))
+    }
+
+    /// SQLite's `IS` on values as stored (an integer and a real of equal value are the same).
+    static func sameValue(_ a: SQLValue, _ b: SQLValue) -> Bool {
+        switch (a, b) {
+        case (.integer(let i), .real(let d)), (.real(let d), .integer(let i)): return Double(i) == d && Int64(exactly: d) == i
+        default: return a == b
+        }
     }
 
     /// Splits a version's changes (sorted by seq) into changesets of bounded size

@@ -89,15 +89,9 @@ extension StoreCore {
     func isAlive(site: Int64, version: Int64) throws -> Bool {
         for entry in try keys(site: site, versions: version...version) {
             guard let table = tables[entry.table] else { continue }
-            let stmt = try statements(for: table).selectAttributed
+            let st = try statements(for: table)
             for pk in entry.pks {
-                stmt.reset()
-                stmt.bind(pk, at: 1)
-                stmt.bind(site, at: 2)
-                stmt.bind(version, at: 3)
-                let found = try stmt.step()
-                stmt.reset()
-                if found { return true }
+                if try st.readClock(PackedPrimaryKey(bytes: pk))?.isAttributed(site: site, version: version) == true { return true }
             }
         }
         return false
@@ -126,20 +120,14 @@ extension StoreCore {
         of table: TableInfo, _ st: TableStatements, pk: PackedPrimaryKey, site: Int64, versions: ClosedRange<Int64>,
         to byVersion: inout [Int64: [Change]]
     ) throws {
-        let stmt = st.selectRowClocks
-        stmt.reset()
-        stmt.bind(pk.bytes, at: 1)
-        var cl: Int64 = 1  // no sentinel: the row's first life
+        guard let clock = try st.readClock(pk) else { return }
+        let cl = clock.cl
         var matches: [(cid: String, colVersion: Int64, version: Int64, seq: Int64)] = []
-        while try stmt.step() {
-            let cid = stmt.string(at: 0)
-            if cid == Change.sentinelColumn { cl = stmt.int64(at: 1) }
-            let version = stmt.int64(at: 2)
-            if stmt.int64(at: 4) == site && versions.contains(version) {
-                matches.append((cid, stmt.int64(at: 1), version, stmt.int64(at: 3)))
-            }
+        clock.forEachEntry { column, e in
+            guard e.site == site && versions.contains(e.version) else { return }
+            if let column, column >= table.columns.count { return }  // no such column
+            matches.append((column.map { table.columns[$0] } ?? Change.sentinelColumn, e.colVersion, e.version, e.seq))
         }
-        stmt.reset()
         if matches.isEmpty { return }
         var values: [SQLValue]?
         for m in matches {
@@ -151,5 +139,23 @@ extension StoreCore {
             byVersion[m.version, default: []].append(
                 Change(table: table.name, pk: pk, cid: m.cid, val: val, colVersion: m.colVersion, seq: m.seq, cl: cl))
         }
+    }
+
+    /// See ``Store/clockRows(_:)``.
+    func clockRows(_ name: String) throws -> [[SQLValue]] {
+        guard let table = tables[name] else { return [] }
+        let st = try statements(for: table)
+        let stmt = try db.prepare("SELECT pk, site, db_version, seq, cells FROM \(quoteIdentifier(table.clockTable))")
+        var out: [(pk: [UInt8], cid: String, row: [SQLValue])] = []
+        while try stmt.step() {
+            let pk: [UInt8] = st.integerKey ? packInteger(stmt.int64(at: 0)) { Array($0) } : stmt.bytes(at: 0)
+            let clock = try TableStatements.clock(from: stmt, at: 1)
+            clock.forEachEntry { column, e in
+                let cid = column.map { $0 < table.columns.count ? table.columns[$0] : "#\($0)" } ?? Change.sentinelColumn
+                let actor: SQLValue = e.site < 0 ? .null : actorOfSite[e.site].map { .blob($0.bytes) } ?? .null
+                out.append((pk, cid, [.blob(pk), .text(cid), .integer(e.colVersion), actor, .integer(e.version), .integer(e.seq)]))
+            }
+        }
+        return out.sorted { $0.pk != $1.pk ? $0.pk.lexicographicallyPrecedes($1.pk) : $0.cid.utf8.lexicographicallyPrecedes($1.cid.utf8) }.map(\.row)
     }
 }
