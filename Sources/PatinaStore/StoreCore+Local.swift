@@ -64,7 +64,11 @@ extension StoreCore {
 
     func prepareUserStatement(_ sql: String, _ parameters: StatementParameters) throws -> SQLiteStatement {
         let stmt: SQLiteStatement
-        if let cached = userStatements[sql] {
+        if let last = lastUserStatement, last.sql == sql {
+            // Clients loop over one statement; skip hashing its text each time.
+            stmt = last.statement
+            stmt.reset()
+        } else if let cached = userStatements[sql] {
             stmt = cached
             stmt.reset()
         } else {
@@ -73,6 +77,7 @@ extension StoreCore {
             if userStatements.count >= 128 { userStatements.removeAll(keepingCapacity: true) }
             userStatements[sql] = stmt
         }
+        lastUserStatement = (sql, stmt)
         if case .none = parameters, stmt.parameterCount == 0 { return stmt }
         try bind(stmt, parameters)
         return stmt
@@ -122,7 +127,7 @@ extension StoreCore {
             let written = try recordCapturedWrites(version: version)
             capture.events.removeAll(keepingCapacity: true)
             guard !written.changes.isEmpty else { return (value, nil, []) }
-            let lastSeq = Int64(written.changes.count - 1)
+            let lastSeq = written.lastSeq
             try db.run("INSERT INTO __patina_versions (site, version, last_seq, ts) VALUES (0, ?, ?, ?)",
                        [.integer(version), .integer(lastSeq), .integer(Int64(bitPattern: ts.rawValue))])
             books[local, default: ActorBookkeeping()].applied.insert(version)
@@ -142,14 +147,18 @@ extension StoreCore {
         var changes: [Change] = []
         var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
         var keys: [(table: String, pk: [UInt8])] = []
+        /// The last seq taken; seqs of rows that fell back to the general path may be unused.
+        var lastSeq: Int64 = -1
     }
 
     /// What the events of one transaction did to one row.
     private struct RowWrites {
         var table: Int32
         var pk: [UInt8]
-        /// Inserts and deletes, in order: each starts or ends a life of the row.
-        var lifeEvents: [RowEvent.Op] = []
+        /// The first insert or delete and how many there were: each starts or
+        /// ends a life of the row, so after the first they alternate.
+        var firstLifeEvent: RowEvent.Op?
+        var lifeEvents = 0
         /// Non-key values before the first event, when it was an update.
         var original: [SQLValue]?
         /// Non-key values after the last event; nil when it deleted the row.
@@ -172,11 +181,20 @@ extension StoreCore {
         var out = CapturedWrites()
         let events = capture.events
         guard !events.isEmpty else { return out }
+        out.changes.reserveCapacity(events.count * 4)
+        out.keys.reserveCapacity(events.count)
         var rows: [RowWrites] = []
         rows.reserveCapacity(events.count)
+        // Inserts alone touch distinct rows (a row is inserted again only after a
+        // delete), so they need no index to gather each row's events.
+        let insertsOnly = !events.contains { $0.op != .insert }
         var index: [RowID: Int] = [:]
-        index.reserveCapacity(events.count)
+        if !insertsOnly { index.reserveCapacity(events.count) }
         for e in events {
+            if insertsOnly {
+                rows.append(RowWrites(table: e.table, pk: e.pk, firstLifeEvent: .insert, lifeEvents: 1, original: nil, final: e.new))
+                continue
+            }
             let id = RowID(table: e.table, pk: e.pk)
             let i: Int
             if let found = index[id] {
@@ -186,65 +204,105 @@ extension StoreCore {
                 index[id] = i
                 rows.append(RowWrites(table: e.table, pk: e.pk, original: e.op == .update ? e.old : nil))
             }
-            switch e.op {
-            case .insert:
-                rows[i].lifeEvents.append(.insert)
-                rows[i].final = e.new
-            case .delete:
-                rows[i].lifeEvents.append(.delete)
-                rows[i].final = nil
-            case .update:
-                rows[i].final = e.new
+            if e.op != .update {
+                if rows[i].firstLifeEvent == nil { rows[i].firstLifeEvent = e.op }
+                rows[i].lifeEvents += 1
             }
+            rows[i].final = e.op == .delete ? nil : e.new
         }
         var seq: Int64 = 0
         var lastTable: Int32 = -1
         var table = TableInfo(name: "", pkColumns: [], columns: [])
         var st: TableStatements?
+        var batch: [FirstLife] = []
         for row in rows {
             if row.table != lastTable {
+                try insertFirstLives(&batch, st, table, version: version, seq: &seq, into: &out)
                 lastTable = row.table
+                st = nil
                 guard let info = tables[capture.watched[Int(row.table)].name] else { continue }
                 table = info
                 st = try statements(for: info)
             }
             guard let st else { continue }
-            let pk = PackedPrimaryKey(bytes: row.pk)
-            if row.lifeEvents.count == 1, row.lifeEvents[0] == .insert, let values = row.final,
-               try insertFirstLife(st, table, pk: pk, values: values, version: version, seq: &seq, into: &out) {
+            if row.lifeEvents == 1, row.firstLifeEvent == .insert, let values = row.final {
+                batch.append(FirstLife(row: row, values: values, seq: seq))
+                seq += Int64(max(1, table.columns.count))
                 continue
             }
-            try recordRow(row, st, table, pk: pk, version: version, seq: &seq, into: &out)
+            try insertFirstLives(&batch, st, table, version: version, seq: &seq, into: &out)
+            try recordRow(row, st, table, pk: PackedPrimaryKey(bytes: row.pk), version: version, seq: &seq, into: &out)
         }
+        try insertFirstLives(&batch, st, table, version: version, seq: &seq, into: &out)
+        out.lastSeq = seq - 1
         return out
     }
 
-    /// The fast path: the compact clock of a new row's first life, unless the
-    /// row already has a clock (then false, and nothing was written).
-    private func insertFirstLife(
-        _ st: TableStatements, _ table: TableInfo, pk: PackedPrimaryKey, values: [SQLValue], version: Int64,
+    /// A row inserted once by the transaction, its seqs reserved from `seq`.
+    private struct FirstLife {
+        var row: RowWrites
+        var values: [SQLValue]
+        var seq: Int64
+    }
+
+    /// The fast path: the compact clocks of new rows' first lives, several rows
+    /// per statement (a statement per row cost a third of the replicated insert).
+    /// A row that already had a clock (a re-insert after a delete, say) keeps
+    /// it, is found by reading it back, and takes the general path with new
+    /// seqs; its reserved ones stay unused (a version's seqs may have holes).
+    private func insertFirstLives(
+        _ batch: inout [FirstLife], _ st: TableStatements?, _ table: TableInfo, version: Int64,
         seq: inout Int64, into out: inout CapturedWrites
-    ) throws -> Bool {
-        let s = st.insertClockIfAbsent
-        s.reset()
-        try st.bindClockKey(s, pk)
-        try TableStatements.bindStored(s, .compact(site: 0, version: version, seq: seq, count: Int64(table.columns.count)))
-        try s.step()
-        s.reset()
-        guard db.changes == 1 else { return false }
-        if table.columns.isEmpty {
-            out.changes.append(Change(table: table.name, pk: pk, cid: Change.sentinelColumn, val: .null, colVersion: 1, seq: seq, cl: 1))
-            seq += 1
-        } else {
-            for (i, column) in table.columns.enumerated() {
-                out.changes.append(Change(table: table.name, pk: pk, cid: column, val: i < values.count ? values[i] : .null,
-                                          colVersion: 1, seq: seq, cl: 1))
-                seq += 1
+    ) throws {
+        guard !batch.isEmpty, let st else { return }
+        defer { batch.removeAll(keepingCapacity: true) }
+        let count = Int64(table.columns.count)
+        var conflicted: [Int] = []
+        var start = 0
+        while start < batch.count {
+            let n = TableStatements.batchSizes.first { $0 <= batch.count - start }!
+            let s = try st.insertClocksIfAbsent(rows: n)
+            s.reset()
+            for k in 0..<n {
+                let first = batch[start + k]
+                try st.bindClockKey(s, PackedPrimaryKey(bytes: first.row.pk), at: 5 * k + 1)
+                try TableStatements.bindStored(s, .compact(site: 0, version: version, seq: first.seq, count: count), at: 5 * k + 1)
             }
+            try s.step()
+            s.reset()
+            if db.changes != n {
+                for k in 0..<n {
+                    let first = batch[start + k]
+                    let mine = RowClock.Stored.compact(site: 0, version: version, seq: first.seq, count: count)
+                    if try st.readClock(PackedPrimaryKey(bytes: first.row.pk))?.stored != mine { conflicted.append(start + k) }
+                }
+            }
+            start += n
         }
-        out.rows[table.name, default: [:]][pk] = .upsert
-        out.keys.append((table.name, pk.bytes))
-        return true
+        var next = conflicted.makeIterator()
+        var skip = next.next()
+        var tableRows = out.rows[table.name] ?? Dictionary(minimumCapacity: batch.count)
+        for (i, first) in batch.enumerated() {
+            if i == skip {
+                skip = next.next()
+                continue
+            }
+            let pk = PackedPrimaryKey(bytes: first.row.pk)
+            if table.columns.isEmpty {
+                out.changes.append(Change(table: table.name, pk: pk, cid: Change.sentinelColumn, val: .null, colVersion: 1, seq: first.seq, cl: 1))
+            } else {
+                for (c, column) in table.columns.enumerated() {
+                    out.changes.append(Change(table: table.name, pk: pk, cid: column, val: c < first.values.count ? first.values[c] : .null,
+                                              colVersion: 1, seq: first.seq + Int64(c), cl: 1))
+                }
+            }
+            tableRows[pk] = .upsert
+            out.keys.append((table.name, first.row.pk))
+        }
+        out.rows[table.name] = tableRows
+        for i in conflicted {
+            try recordRow(batch[i].row, st, table, pk: PackedPrimaryKey(bytes: batch[i].row.pk), version: version, seq: &seq, into: &out)
+        }
     }
 
     /// The general path for one row (see recordCapturedWrites).
@@ -262,12 +320,14 @@ extension StoreCore {
         var clock = before ?? RowClock()
         let cl0 = clock.cl
         var cl = cl0
-        for op in row.lifeEvents {
+        var op = row.firstLifeEvent
+        for _ in 0..<row.lifeEvents {
             switch op {
             case .insert: if cl % 2 == 0 { cl += 1 }
             case .delete: if cl % 2 == 1 { cl += 1 } else if cl == 0 { cl = 2 }
-            case .update: break
+            default: break
             }
+            op = op == .insert ? .delete : .insert
         }
         var writeSentinel = false
         var written: [Int] = []
@@ -278,7 +338,7 @@ extension StoreCore {
             writeSentinel = !(cl == 1 && cl0 == 0 && !table.columns.isEmpty)
             if row.final != nil { written = Array(table.columns.indices) }
         } else if let final = row.final {
-            if row.lifeEvents.isEmpty, let original = row.original {
+            if row.lifeEvents == 0, let original = row.original {
                 let defaults = columnDefaults[table.name] ?? []
                 for i in table.columns.indices where i < final.count && i < original.count {
                     var old = original[i]

@@ -29,6 +29,7 @@ final class StoreCore {
     var columnDefaults: [String: [SQLValue?]] = [:]
     /// Prepared user statements, by SQL text (see prepareUserStatement).
     var userStatements: [String: SQLiteStatement] = [:]
+    var lastUserStatement: (sql: String, statement: SQLiteStatement)?
     var now: () -> UInt64 = { UInt64(Date().timeIntervalSince1970 * 1000) }
     let lock: DatabaseLock
 
@@ -217,6 +218,7 @@ final class StoreCore {
         capture.watched = []
         tableStatements = [:]
         userStatements = [:]
+        lastUserStatement = nil
         db.clearStatementCache()
         let names = try db.query(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '%__patina%' AND name NOT LIKE 'sqlite_%'")

@@ -14,6 +14,8 @@ final class TableStatements {
     let selectCell: [String: SQLiteStatement]
     /// Upserts of a row's key and some of its cells, by the set of cells.
     private var upserts: [[String]: SQLiteStatement] = [:]
+    private var batchInserts: [Int: SQLiteStatement] = [:]
+    private let db: SQLiteConnection
     private let table: TableInfo
     let columnIndex: [String: Int]
     /// The clock table is keyed by the row's integer key rather than its packed
@@ -37,6 +39,7 @@ final class TableStatements {
         }
         selectCell = selects
         self.table = t
+        self.db = db
         self.integerKey = integerKey
         columnIndex = Dictionary(uniqueKeysWithValues: t.columns.enumerated().map { ($1, $0) })
     }
@@ -98,19 +101,33 @@ final class TableStatements {
         s.reset()
     }
 
-    static func bindStored(_ s: SQLiteStatement, _ stored: RowClock.Stored) throws {
+    /// Binds the stored form as the four parameters after the key at `keyIndex`.
+    static func bindStored(_ s: SQLiteStatement, _ stored: RowClock.Stored, at keyIndex: Int = 1) throws {
         switch stored {
         case .compact(let site, let version, let seq, let count):
-            s.bind(site, at: 2)
-            s.bind(version, at: 3)
-            s.bind(seq, at: 4)
-            s.bind(count, at: 5)
+            s.bind(site, at: keyIndex + 1)
+            s.bind(version, at: keyIndex + 2)
+            s.bind(seq, at: keyIndex + 3)
+            s.bind(count, at: keyIndex + 4)
         case .explicit(let bytes):
-            try s.bind(.null, at: 2)
-            try s.bind(.null, at: 3)
-            try s.bind(.null, at: 4)
-            s.bind(bytes, at: 5)
+            try s.bind(.null, at: keyIndex + 1)
+            try s.bind(.null, at: keyIndex + 2)
+            try s.bind(.null, at: keyIndex + 3)
+            s.bind(bytes, at: keyIndex + 4)
         }
+    }
+
+    /// Rows per statement of the batched clock inserts, largest first.
+    static let batchSizes = [64, 16, 4, 1]
+
+    /// `insertClockIfAbsent` for `rows` rows at once (parameters 5k+1...5k+5).
+    func insertClocksIfAbsent(rows: Int) throws -> SQLiteStatement {
+        if rows == 1 { return insertClockIfAbsent }
+        if let s = batchInserts[rows] { return s }
+        let values = Array(repeating: "(?, ?, ?, ?, ?)", count: rows).joined(separator: ", ")
+        let s = try db.prepare("INSERT INTO \(quoteIdentifier(table.clockTable)) (pk, site, db_version, seq, cells) VALUES \(values) ON CONFLICT (pk) DO NOTHING")
+        batchInserts[rows] = s
+        return s
     }
 }
 

@@ -48,13 +48,21 @@ extension StoreCore {
     /// Records the rows `version` of `site` wrote, by table.
     func recordKeys(site: Int64, version: Int64, keys: [(table: String, pk: [UInt8])]) throws {
         // Readers skip repeats; dropping the consecutive ones (cells of one row) keeps it short.
+        // Keys come in runs of one table, so tables are looked up per run, not per key.
         var byTable: [String: [[UInt8]]] = [:]
-        var last: (table: String, pk: [UInt8])?
+        var runTable: String?
+        var run: [[UInt8]] = []
         for k in keys {
-            if let last, last.table == k.table, last.pk == k.pk { continue }
-            byTable[k.table, default: []].append(k.pk)
-            last = k
+            if k.table != runTable {
+                if let runTable { byTable[runTable, default: []] += run }
+                runTable = k.table
+                run = []
+            } else if run.last == k.pk {
+                continue
+            }
+            run.append(k.pk)
         }
+        if let runTable { byTable[runTable, default: []] += run }
         let stmt = try db.cached("INSERT OR REPLACE INTO __patina_keys (site, version, tbl, pks) VALUES (?, ?, ?, ?)")
         for (table, pks) in byTable {
             stmt.reset()
