@@ -48,8 +48,11 @@ struct CapturedTable {
     var pkPositions: [Int32]
     /// Declaration positions of the non-key columns, in ``TableInfo/columns`` order.
     var valuePositions: [Int32]
+    /// The key is the rowid, which the hook is handed directly.
+    var rowidKey: Bool
 
-    init(table: TableInfo, declarationOrder: [String]) {
+    init(table: TableInfo, declarationOrder: [String], rowidKey: Bool) {
+        self.rowidKey = rowidKey
         name = table.name
         cName = Array(table.name.utf8CString)
         let position = Dictionary(uniqueKeysWithValues: declarationOrder.enumerated().map { ($1, Int32($0)) })
@@ -82,19 +85,20 @@ enum CaptureFunctions {
     /// the connection; the store owns both and the connection closes first.
     static func installCapture(on db: OpaquePointer, state: CaptureState) {
         _ = patina_sqlite3_disable_triggers(db)
-        patina_sqlite3_preupdate_hook(db, { context, db, op, _, name, _, _ in
+        patina_sqlite3_preupdate_hook(db, { context, db, op, _, name, oldRowid, newRowid in
             let state = Unmanaged<CaptureState>.fromOpaque(context!).takeUnretainedValue()
             guard state.capturing, let db, let name, let t = state.watchedIndex(name) else { return }
             let table = state.watched[t]
             switch op {
             case SQLITE_INSERT:
-                state.events.append(RowEvent(op: .insert, table: Int32(t), pk: CaptureFunctions.packKey(db, table, new: true), old: [],
-                                             new: CaptureFunctions.values(db, table, new: true)))
+                state.events.append(RowEvent(op: .insert, table: Int32(t), pk: CaptureFunctions.packKey(db, table, new: true, rowid: newRowid),
+                                             old: [], new: CaptureFunctions.values(db, table, new: true)))
             case SQLITE_DELETE:
-                state.events.append(RowEvent(op: .delete, table: Int32(t), pk: CaptureFunctions.packKey(db, table, new: false), old: [], new: []))
+                state.events.append(RowEvent(op: .delete, table: Int32(t), pk: CaptureFunctions.packKey(db, table, new: false, rowid: oldRowid),
+                                             old: [], new: []))
             default:
-                let oldKey = CaptureFunctions.packKey(db, table, new: false)
-                let newKey = CaptureFunctions.packKey(db, table, new: true)
+                let oldKey = CaptureFunctions.packKey(db, table, new: false, rowid: oldRowid)
+                let newKey = CaptureFunctions.packKey(db, table, new: true, rowid: newRowid)
                 if oldKey == newKey {
                     state.events.append(RowEvent(op: .update, table: Int32(t), pk: newKey, old: CaptureFunctions.values(db, table, new: false),
                                                  new: CaptureFunctions.values(db, table, new: true)))
@@ -110,7 +114,8 @@ enum CaptureFunctions {
         new ? patina_sqlite3_preupdate_new(db, position) : patina_sqlite3_preupdate_old(db, position)
     }
 
-    fileprivate static func packKey(_ db: OpaquePointer, _ table: CapturedTable, new: Bool) -> [UInt8] {
+    fileprivate static func packKey(_ db: OpaquePointer, _ table: CapturedTable, new: Bool, rowid: Int64) -> [UInt8] {
+        if table.rowidKey { return packInteger(rowid) { Array($0) } }
         if table.pkPositions.count == 1 {
             let v = value(db, table.pkPositions[0], new: new)
             if sqlite3_value_type(v) == SQLITE_INTEGER {

@@ -184,17 +184,33 @@ extension StoreCore {
         out.changes.reserveCapacity(events.count * 4)
         out.keys.reserveCapacity(events.count)
         var rows: [RowWrites] = []
-        rows.reserveCapacity(events.count)
         // Inserts alone touch distinct rows (a row is inserted again only after a
-        // delete), so they need no index to gather each row's events.
-        let insertsOnly = !events.contains { $0.op != .insert }
-        var index: [RowID: Int] = [:]
-        if !insertsOnly { index.reserveCapacity(events.count) }
-        for e in events {
-            if insertsOnly {
-                rows.append(RowWrites(table: e.table, pk: e.pk, firstLifeEvent: .insert, lifeEvents: 1, original: nil, final: e.new))
-                continue
+        // delete): each is its row's only event, and needs no index to gather.
+        if !events.contains(where: { $0.op != .insert }) {
+            var seq: Int64 = 0
+            var start = 0
+            while start < events.count {
+                var end = start + 1
+                while end < events.count && events[end].table == events[start].table { end += 1 }
+                if let table = tables[capture.watched[Int(events[start].table)].name] {
+                    var batch: [FirstLife] = []
+                    batch.reserveCapacity(end - start)
+                    let perRow = Int64(max(1, table.columns.count))
+                    for e in events[start..<end] {
+                        batch.append(FirstLife(pk: e.pk, values: e.new, seq: seq))
+                        seq += perRow
+                    }
+                    try insertFirstLives(&batch, try statements(for: table), table, version: version, seq: &seq, into: &out)
+                }
+                start = end
             }
+            out.lastSeq = seq - 1
+            return out
+        }
+        rows.reserveCapacity(events.count)
+        var index: [RowID: Int] = [:]
+        index.reserveCapacity(events.count)
+        for e in events {
             let id = RowID(table: e.table, pk: e.pk)
             let i: Int
             if let found = index[id] {
@@ -226,7 +242,7 @@ extension StoreCore {
             }
             guard let st else { continue }
             if row.lifeEvents == 1, row.firstLifeEvent == .insert, let values = row.final {
-                batch.append(FirstLife(row: row, values: values, seq: seq))
+                batch.append(FirstLife(pk: row.pk, values: values, seq: seq))
                 seq += Int64(max(1, table.columns.count))
                 continue
             }
@@ -240,7 +256,7 @@ extension StoreCore {
 
     /// A row inserted once by the transaction, its seqs reserved from `seq`.
     private struct FirstLife {
-        var row: RowWrites
+        var pk: [UInt8]
         var values: [SQLValue]
         var seq: Int64
     }
@@ -265,7 +281,7 @@ extension StoreCore {
             s.reset()
             for k in 0..<n {
                 let first = batch[start + k]
-                try st.bindClockKey(s, PackedPrimaryKey(bytes: first.row.pk), at: 5 * k + 1)
+                try st.bindClockKey(s, PackedPrimaryKey(bytes: first.pk), at: 5 * k + 1)
                 try TableStatements.bindStored(s, .compact(site: 0, version: version, seq: first.seq, count: count), at: 5 * k + 1)
             }
             try s.step()
@@ -274,7 +290,7 @@ extension StoreCore {
                 for k in 0..<n {
                     let first = batch[start + k]
                     let mine = RowClock.Stored.compact(site: 0, version: version, seq: first.seq, count: count)
-                    if try st.readClock(PackedPrimaryKey(bytes: first.row.pk))?.stored != mine { conflicted.append(start + k) }
+                    if try st.readClock(PackedPrimaryKey(bytes: first.pk))?.stored != mine { conflicted.append(start + k) }
                 }
             }
             start += n
@@ -287,7 +303,7 @@ extension StoreCore {
                 skip = next.next()
                 continue
             }
-            let pk = PackedPrimaryKey(bytes: first.row.pk)
+            let pk = PackedPrimaryKey(bytes: first.pk)
             if table.columns.isEmpty {
                 out.changes.append(Change(table: table.name, pk: pk, cid: Change.sentinelColumn, val: .null, colVersion: 1, seq: first.seq, cl: 1))
             } else {
@@ -297,11 +313,12 @@ extension StoreCore {
                 }
             }
             tableRows[pk] = .upsert
-            out.keys.append((table.name, first.row.pk))
+            out.keys.append((table.name, first.pk))
         }
         out.rows[table.name] = tableRows
         for i in conflicted {
-            try recordRow(batch[i].row, st, table, pk: PackedPrimaryKey(bytes: batch[i].row.pk), version: version, seq: &seq, into: &out)
+            let row = RowWrites(table: -1, pk: batch[i].pk, firstLifeEvent: .insert, lifeEvents: 1, original: nil, final: batch[i].values)
+            try recordRow(row, st, table, pk: PackedPrimaryKey(bytes: batch[i].pk), version: version, seq: &seq, into: &out)
         }
     }
 

@@ -232,8 +232,9 @@ final class StoreCore {
                 pkColumns: columns.filter { $0.pkIndex > 0 }.sorted { $0.pkIndex < $1.pkIndex }.map(\.name),
                 columns: columns.filter { $0.pkIndex == 0 }.map(\.name))
             tables[name] = info
-            if try ReplicatedTableDDL.clockHasIntegerKey(info, in: db) { integerKeyTables.insert(name) }
-            capture.watched.append(CapturedTable(table: info, declarationOrder: columns.map(\.name)))
+            let integerKey = try ReplicatedTableDDL.clockHasIntegerKey(info, in: db)
+            if integerKey { integerKeyTables.insert(name) }
+            capture.watched.append(CapturedTable(table: info, declarationOrder: columns.map(\.name), rowidKey: integerKey))
             columnDefaults[name] = try columns.filter { $0.pkIndex == 0 }.map { try constantDefault($0.defaultSQL) }
         }
     }
