@@ -22,6 +22,14 @@ final class CaptureState {
     private var lastWatched = 0
     /// Row changes of the running local transaction, in order.
     var events: [RowEvent] = []
+    /// The events' non-key values, back to back (one array per transaction,
+    /// not one per row).
+    var values: [SQLValue] = []
+
+    /// `count` values recorded from `start` (see ``RowEvent``).
+    func values(from start: Int32, count: Int) -> [SQLValue] {
+        start < 0 ? [] : Array(values[Int(start)..<(Int(start) + count)])
+    }
     /// True while user-supplied SQL runs: the authorizer then refuses writes to
     /// internal tables, DDL and transaction control.
     var userStatementsActive = false
@@ -72,10 +80,12 @@ struct RowEvent {
     var op: Op
     var table: Int32
     var pk: [UInt8]
-    /// Non-key values before the change (updates only).
-    var old: [SQLValue]
-    /// Non-key values after the change (inserts and updates), after affinity.
-    var new: [SQLValue]
+    /// Where the non-key values before the change start in ``CaptureState/values``
+    /// (updates only; else -1).
+    var old: Int32
+    /// Where the non-key values after the change start (inserts and updates;
+    /// else -1), after affinity.
+    var new: Int32
 }
 
 enum CaptureFunctions {
@@ -91,20 +101,23 @@ enum CaptureFunctions {
             let table = state.watched[t]
             switch op {
             case SQLITE_INSERT:
-                state.events.append(RowEvent(op: .insert, table: Int32(t), pk: CaptureFunctions.packKey(db, table, new: true, rowid: newRowid),
-                                             old: [], new: CaptureFunctions.values(db, table, new: true)))
+                let pk = CaptureFunctions.packKey(db, table, new: true, rowid: newRowid)
+                let new = CaptureFunctions.record(db, table, new: true, into: state)
+                state.events.append(RowEvent(op: .insert, table: Int32(t), pk: pk, old: -1, new: new))
             case SQLITE_DELETE:
                 state.events.append(RowEvent(op: .delete, table: Int32(t), pk: CaptureFunctions.packKey(db, table, new: false, rowid: oldRowid),
-                                             old: [], new: []))
+                                             old: -1, new: -1))
             default:
                 let oldKey = CaptureFunctions.packKey(db, table, new: false, rowid: oldRowid)
                 let newKey = CaptureFunctions.packKey(db, table, new: true, rowid: newRowid)
                 if oldKey == newKey {
-                    state.events.append(RowEvent(op: .update, table: Int32(t), pk: newKey, old: CaptureFunctions.values(db, table, new: false),
-                                                 new: CaptureFunctions.values(db, table, new: true)))
+                    let old = CaptureFunctions.record(db, table, new: false, into: state)
+                    let new = CaptureFunctions.record(db, table, new: true, into: state)
+                    state.events.append(RowEvent(op: .update, table: Int32(t), pk: newKey, old: old, new: new))
                 } else {
-                    state.events.append(RowEvent(op: .delete, table: Int32(t), pk: oldKey, old: [], new: []))
-                    state.events.append(RowEvent(op: .insert, table: Int32(t), pk: newKey, old: [], new: CaptureFunctions.values(db, table, new: true)))
+                    state.events.append(RowEvent(op: .delete, table: Int32(t), pk: oldKey, old: -1, new: -1))
+                    let new = CaptureFunctions.record(db, table, new: true, into: state)
+                    state.events.append(RowEvent(op: .insert, table: Int32(t), pk: newKey, old: -1, new: new))
                 }
             }
         }, Unmanaged.passUnretained(state).toOpaque())
@@ -127,11 +140,11 @@ enum CaptureFunctions {
         return bytes
     }
 
-    fileprivate static func values(_ db: OpaquePointer, _ table: CapturedTable, new: Bool) -> [SQLValue] {
-        var out: [SQLValue] = []
-        out.reserveCapacity(table.valuePositions.count)
-        for p in table.valuePositions { out.append(sqlValue(of: value(db, p, new: new))) }
-        return out
+    /// Appends the row's non-key values to `state.values`; returns where they start.
+    fileprivate static func record(_ db: OpaquePointer, _ table: CapturedTable, new: Bool, into state: CaptureState) -> Int32 {
+        let start = Int32(state.values.count)
+        for p in table.valuePositions { state.values.append(sqlValue(of: value(db, p, new: new))) }
+        return start
     }
 
     /// Registers the SQL functions and the authorizer on `db`. `state` must

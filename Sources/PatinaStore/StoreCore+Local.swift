@@ -117,6 +117,7 @@ extension StoreCore {
         let result = try inTransaction { () throws -> (T, Int64?, [Changeset]) in
             let ts = hlc.tick(nowMilliseconds: now())
             capture.events.removeAll(keepingCapacity: true)
+            capture.values.removeAll(keepingCapacity: true)
             capture.capturing = true
             let value = try body(WriteTransaction(core: self))
             capture.capturing = false
@@ -126,13 +127,13 @@ extension StoreCore {
             }
             let written = try recordCapturedWrites(version: version)
             capture.events.removeAll(keepingCapacity: true)
+            capture.values.removeAll(keepingCapacity: true)
             guard !written.changes.isEmpty else { return (value, nil, []) }
             let lastSeq = written.lastSeq
-            try db.run("INSERT INTO __patina_versions (site, version, last_seq, ts) VALUES (0, ?, ?, ?)",
-                       [.integer(version), .integer(lastSeq), .integer(Int64(bitPattern: ts.rawValue))])
+            // One row per commit besides the clocks: local versions are 1...head
+            // with no gaps, so the head is derived at load, not persisted here.
+            try recordVersion(site: local, version: version, lastSeq: lastSeq, ts: ts, keys: written.keys)
             books[local, default: ActorBookkeeping()].applied.insert(version)
-            try persistRanges(table: "__patina_bookkeeping", site: local, ranges: books[local]!.applied)
-            try recordKeys(site: local, version: version, keys: written.keys)
             event = CommitEvent(source: .local(version: version), rows: written.rows)
             let changesets = Self.chunk(actor: actorID, version: version, changes: written.changes, lastSeq: lastSeq, ts: ts)
             return (value, version, changesets)
@@ -142,11 +143,12 @@ extension StoreCore {
     }
 
     /// What a local transaction wrote: its changes in seq order, its rows for
-    /// listeners, and the rows to list in `__patina_keys`.
+    /// listeners, and the rows to list with the version (VersionKeys.swift).
     struct CapturedWrites {
         var changes: [Change] = []
         var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
-        var keys: [(table: String, pk: [UInt8])] = []
+        /// Per table, the keys of the rows written, encoded for the version's `keys`.
+        var keys: [String: [UInt8]] = [:]
         /// The last seq taken; seqs of rows that fell back to the general path may be unused.
         var lastSeq: Int64 = -1
     }
@@ -181,8 +183,6 @@ extension StoreCore {
         var out = CapturedWrites()
         let events = capture.events
         guard !events.isEmpty else { return out }
-        out.changes.reserveCapacity(events.count * 4)
-        out.keys.reserveCapacity(events.count)
         var rows: [RowWrites] = []
         // Inserts alone touch distinct rows (a row is inserted again only after a
         // delete): each is its row's only event, and needs no index to gather.
@@ -196,6 +196,7 @@ extension StoreCore {
                     var batch: [FirstLife] = []
                     batch.reserveCapacity(end - start)
                     let perRow = Int64(max(1, table.columns.count))
+                    out.changes.reserveCapacity(out.changes.count + (end - start) * Int(perRow))
                     for e in events[start..<end] {
                         batch.append(FirstLife(pk: e.pk, values: e.new, seq: seq))
                         seq += perRow
@@ -218,13 +219,14 @@ extension StoreCore {
             } else {
                 i = rows.count
                 index[id] = i
-                rows.append(RowWrites(table: e.table, pk: e.pk, original: e.op == .update ? e.old : nil))
+                rows.append(RowWrites(table: e.table, pk: e.pk,
+                                      original: e.op == .update ? capture.values(from: e.old, count: Self.valueCount(capture, e)) : nil))
             }
             if e.op != .update {
                 if rows[i].firstLifeEvent == nil { rows[i].firstLifeEvent = e.op }
                 rows[i].lifeEvents += 1
             }
-            rows[i].final = e.op == .delete ? nil : e.new
+            rows[i].final = e.op == .delete ? nil : capture.values(from: e.new, count: Self.valueCount(capture, e))
         }
         var seq: Int64 = 0
         var lastTable: Int32 = -1
@@ -242,7 +244,7 @@ extension StoreCore {
             }
             guard let st else { continue }
             if row.lifeEvents == 1, row.firstLifeEvent == .insert, let values = row.final {
-                batch.append(FirstLife(pk: row.pk, values: values, seq: seq))
+                batch.append(FirstLife(pk: row.pk, values: -1, ownValues: values, seq: seq))
                 seq += Int64(max(1, table.columns.count))
                 continue
             }
@@ -257,8 +259,22 @@ extension StoreCore {
     /// A row inserted once by the transaction, its seqs reserved from `seq`.
     private struct FirstLife {
         var pk: [UInt8]
-        var values: [SQLValue]
+        /// Where its values start in ``CaptureState/values``, or -1 for ``ownValues``.
+        var values: Int32
+        var ownValues: [SQLValue] = []
         var seq: Int64
+
+        func value(_ i: Int, _ capture: CaptureState) -> SQLValue {
+            values >= 0 ? capture.values[Int(values) + i] : (i < ownValues.count ? ownValues[i] : .null)
+        }
+
+        func allValues(_ count: Int, _ capture: CaptureState) -> [SQLValue] {
+            values >= 0 ? capture.values(from: values, count: count) : ownValues
+        }
+    }
+
+    private static func valueCount(_ capture: CaptureState, _ e: RowEvent) -> Int {
+        capture.watched[Int(e.table)].valuePositions.count
     }
 
     /// The fast path: the compact clocks of new rows' first lives, several rows
@@ -298,6 +314,8 @@ extension StoreCore {
         var next = conflicted.makeIterator()
         var skip = next.next()
         var tableRows = out.rows[table.name] ?? Dictionary(minimumCapacity: batch.count)
+        var keys = out.keys.removeValue(forKey: table.name) ?? []
+        keys.reserveCapacity(keys.count + batch.count * (4 + (batch.first?.pk.count ?? 0)))
         for (i, first) in batch.enumerated() {
             if i == skip {
                 skip = next.next()
@@ -308,16 +326,18 @@ extension StoreCore {
                 out.changes.append(Change(table: table.name, pk: pk, cid: Change.sentinelColumn, val: .null, colVersion: 1, seq: first.seq, cl: 1))
             } else {
                 for (c, column) in table.columns.enumerated() {
-                    out.changes.append(Change(table: table.name, pk: pk, cid: column, val: c < first.values.count ? first.values[c] : .null,
+                    out.changes.append(Change(table: table.name, pk: pk, cid: column, val: first.value(c, capture),
                                               colVersion: 1, seq: first.seq + Int64(c), cl: 1))
                 }
             }
             tableRows[pk] = .upsert
-            out.keys.append((table.name, first.pk))
+            Self.appendKey(first.pk, to: &keys)
         }
         out.rows[table.name] = tableRows
+        out.keys[table.name] = keys
         for i in conflicted {
-            let row = RowWrites(table: -1, pk: batch[i].pk, firstLifeEvent: .insert, lifeEvents: 1, original: nil, final: batch[i].values)
+            let row = RowWrites(table: -1, pk: batch[i].pk, firstLifeEvent: .insert, lifeEvents: 1, original: nil,
+                                final: batch[i].allValues(table.columns.count, capture))
             try recordRow(row, st, table, pk: PackedPrimaryKey(bytes: batch[i].pk), version: version, seq: &seq, into: &out)
         }
     }
@@ -387,7 +407,7 @@ extension StoreCore {
             out.changes.append(Change(table: table.name, pk: pk, cid: c.cid, val: c.val, colVersion: c.colVersion, seq: c.seq, cl: rowCl))
         }
         out.rows[table.name, default: [:]][pk] = rowCl % 2 == 0 ? .delete : .upsert
-        out.keys.append((table.name, pk.bytes))
+        Self.appendKey(pk.bytes, to: &out.keys[table.name, default: []])
     }
 
     /// SQLite's `IS` on values as stored (an integer and a real of equal value are the same).
@@ -475,7 +495,6 @@ extension StoreCore {
                 for r in newlyCleared.ranges {
                     try db.run("DELETE FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?",
                                [.integer(site), .integer(r.lowerBound), .integer(r.upperBound)])
-                    try dropKeys(site: site, versions: r)
                 }
                 books[site]!.cleared.formUnion(newlyCleared)
                 try persistRanges(table: "__patina_cleared", site: site, ranges: books[site]!.cleared)

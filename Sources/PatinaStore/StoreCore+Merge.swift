@@ -282,13 +282,10 @@ extension StoreCore {
         }
         try flushPendingRows(&ctx)
         try flushClocks(&ctx)
-        if attributed { try recordKeys(site: origin.site, version: origin.version, keys: written) }
         books[origin.site]!.applied.insert(origin.version)
         ctx.origins.append(RemoteOrigin(actor: origin.actor, timestamp: ts))
         if attributed {
-            try db.run("INSERT OR REPLACE INTO __patina_versions (site, version, last_seq, ts) VALUES (?, ?, ?, ?)",
-                       [.integer(origin.site), .integer(origin.version), .integer(lastSeq),
-                        .integer(Int64(bitPattern: ts.rawValue))])
+            try recordVersion(site: origin.site, version: origin.version, lastSeq: lastSeq, ts: ts, keys: Self.groupKeys(written))
         } else {
             books[origin.site]!.cleared.insert(origin.version)  // nothing of it survives here
         }
@@ -453,7 +450,6 @@ extension StoreCore {
             if try !isAlive(site: sv.site, version: sv.version) {
                 books[sv.site]!.cleared.insert(sv.version)
                 try db.run("DELETE FROM __patina_versions WHERE site = ? AND version = ?", [.integer(sv.site), .integer(sv.version)])
-                try dropKeys(site: sv.site, versions: sv.version...sv.version)
                 ctx.touchedSites.insert(sv.site)
             }
         }

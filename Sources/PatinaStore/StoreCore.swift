@@ -102,8 +102,8 @@ final class StoreCore {
     }
 
     /// Durable across a process crash (WAL, synchronous NORMAL); a page cache big
-    /// enough for the clock tables and `__patina_keys`, which a replicated write
-    /// touches once per changed cell and once per version.
+    /// enough for the clock tables and `__patina_versions`, which a replicated
+    /// write touches once per row and once per version.
     static let performancePragmas = "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
 
     /// Only once the file is known to be ours: WAL changes the file header.
@@ -122,14 +122,12 @@ final class StoreCore {
             CREATE TABLE __patina_cleared (site INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
                 PRIMARY KEY (site, start)) WITHOUT ROWID;
             CREATE TABLE __patina_versions (site INTEGER NOT NULL, version INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-                ts INTEGER NOT NULL, PRIMARY KEY (site, version)) WITHOUT ROWID;
+                ts INTEGER NOT NULL, keys BLOB NOT NULL, PRIMARY KEY (site, version)) WITHOUT ROWID;
             CREATE TABLE __patina_partials (site INTEGER NOT NULL, version INTEGER NOT NULL, last_seq INTEGER NOT NULL,
                 ts INTEGER NOT NULL, seqs TEXT NOT NULL, PRIMARY KEY (site, version)) WITHOUT ROWID;
             CREATE TABLE __patina_buffer (site INTEGER NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
                 tbl TEXT NOT NULL, pk BLOB NOT NULL, cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, cl INTEGER NOT NULL);
             CREATE INDEX __patina_buffer_version ON __patina_buffer (site, version);
-            CREATE TABLE __patina_keys (site INTEGER NOT NULL, version INTEGER NOT NULL, tbl TEXT NOT NULL,
-                pks BLOB NOT NULL, PRIMARY KEY (site, version, tbl)) WITHOUT ROWID;
             CREATE TABLE __patina_members (actor BLOB PRIMARY KEY, address TEXT NOT NULL, state TEXT NOT NULL,
                 rtt_ms REAL, updated_at INTEGER NOT NULL) WITHOUT ROWID;
             COMMIT;
@@ -146,12 +144,16 @@ final class StoreCore {
         try inTransaction {
             guard case .integer(let maxSite) = try db.scalar("SELECT max(ordinal) FROM __patina_sites") else { return }
             let moved = maxSite + 1
+            // Local bookkeeping is derived at load (see loadState); the moved site needs it written.
+            let head = try localHead()
+            try db.run("DELETE FROM __patina_bookkeeping WHERE site = 0")
+            if head > 0 { try db.run("INSERT INTO __patina_bookkeeping (site, start, \"end\") VALUES (0, 1, ?)", [.integer(head)]) }
             try db.run("UPDATE __patina_sites SET actor = ? WHERE ordinal = 0", [.blob(fresh.bytes)])
             try db.run("INSERT INTO __patina_sites (ordinal, actor) VALUES (?, ?)", [.integer(moved), .blob(previous.bytes)])
             let clocks = try db.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB '*__patina_clock'")
             let clockTables = clocks.compactMap { row -> String? in if case .text(let n) = row[0] { return n } else { return nil } }
             for table in clockTables { try moveLocalClocks(clockTable: table, to: moved) }
-            let tables = ["__patina_bookkeeping", "__patina_cleared", "__patina_versions", "__patina_partials", "__patina_buffer", "__patina_keys"]
+            let tables = ["__patina_bookkeeping", "__patina_cleared", "__patina_versions", "__patina_partials", "__patina_buffer"]
             for table in tables {
                 try db.run("UPDATE \(quoteIdentifier(table)) SET site = ? WHERE site = 0", [.integer(moved)])
             }
@@ -159,6 +161,17 @@ final class StoreCore {
             try db.run("DELETE FROM __patina_meta WHERE key = 'needs_identity'")
         }
         actorID = fresh
+    }
+
+    /// The highest version of this node (site 0): listed, cleared or in persisted bookkeeping.
+    private func localHead() throws -> Int64 {
+        var head: Int64 = 0
+        for sql in ["SELECT max(version) FROM __patina_versions WHERE site = 0",
+                    "SELECT max(\"end\") FROM __patina_cleared WHERE site = 0",
+                    "SELECT max(\"end\") FROM __patina_bookkeeping WHERE site = 0"] {
+            if case .integer(let v)? = try db.scalar(sql) { head = max(head, v) }
+        }
+        return head
     }
 
     /// Re-attributes the clocks of site 0 to `moved`: compact rows in SQL,
@@ -205,6 +218,10 @@ final class StoreCore {
             else { continue }
             books[site, default: ActorBookkeeping()].partials[v] = (Self.decodeRanges(seqs), last)
         }
+        // This node's versions are 1...head with no gaps; commits do not rewrite the
+        // range (one page less per commit), so it is derived here.
+        let head = try localHead()
+        if head > 0 { books[0, default: ActorBookkeeping()].applied.insert(1...head) }
         if case .integer(let maxTs) = try db.scalar("SELECT max(ts) FROM __patina_versions") {
             hlc.observe(HybridTimestamp(rawValue: UInt64(bitPattern: maxTs)))
         }

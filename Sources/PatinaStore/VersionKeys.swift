@@ -1,16 +1,20 @@
 import PatinaCore
 
-/// `__patina_keys`: for each version of each actor, per table, the packed keys
-/// of the rows it wrote — one row per (site, version, table), written once per
-/// transaction or merged version.
+/// The keys a version wrote: for each version of each actor, per table, the
+/// packed keys of the rows it wrote, kept in the `keys` column of that
+/// version's `__patina_versions` row (written once per transaction or merged
+/// version, in the same insert as the version itself).
 ///
-/// It replaces an index on the clock tables' `(site, db_version)`: that index
-/// cost every replicated cell a second B-tree insert, while this costs one row
-/// per version. Readers find a version's cells by looking up the listed rows'
-/// clocks and keeping those still attributed to the version; the list may hold
-/// rows whose cells were overwritten since (or lost the merge), never miss one.
+/// They replace an index on the clocks' `(site, db_version)`: that index cost
+/// every replicated row a second B-tree insert, while this costs nothing per
+/// row beyond a few bytes. Readers find a version's cells by looking up the
+/// listed rows' clocks and keeping the entries still attributed to the
+/// version; the list may hold rows whose cells were overwritten since (or lost
+/// the merge), never misses one. A cleared version's row goes, keys and all.
 ///
-/// `pks`: the keys concatenated, each preceded by its length as 4 big-endian bytes.
+/// Encoding: per table, the name's UTF-8 length (4 big-endian bytes), the name,
+/// the length of its key list (4 bytes), then the keys, each preceded by its
+/// length as 4 big-endian bytes.
 extension StoreCore {
     struct VersionKeysEntry {
         var version: Int64
@@ -18,16 +22,34 @@ extension StoreCore {
         var pks: [[UInt8]]
     }
 
-    static func encodeKeys(_ pks: [[UInt8]]) -> [UInt8] {
+    static func appendKey(_ pk: [UInt8], to out: inout [UInt8]) {
+        withUnsafeBytes(of: UInt32(pk.count).bigEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: pk)
+    }
+
+    /// The `keys` column from per-table key lists (each already encoded with ``appendKey(_:to:)``).
+    static func encodeVersionKeys(_ byTable: [String: [UInt8]]) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(pks.reduce(0) { $0 + 4 + $1.count })
-        for pk in pks {
-            let n = UInt32(pk.count)
-            out.append(UInt8(truncatingIfNeeded: n >> 24))
-            out.append(UInt8(truncatingIfNeeded: n >> 16))
-            out.append(UInt8(truncatingIfNeeded: n >> 8))
-            out.append(UInt8(truncatingIfNeeded: n))
-            out += pk
+        for (table, pks) in byTable.sorted(by: { $0.key < $1.key }) where !pks.isEmpty {
+            appendKey(Array(table.utf8), to: &out)
+            appendKey(pks, to: &out)
+        }
+        return out
+    }
+
+    static func decodeVersionKeys(_ bytes: [UInt8]) -> [(table: String, pks: [[UInt8]])] {
+        var out: [(String, [[UInt8]])] = []
+        var i = 0
+        func next() -> [UInt8]? {
+            guard i + 4 <= bytes.count else { return nil }
+            let n = Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])
+            i += 4
+            guard i + n <= bytes.count else { return nil }
+            defer { i += n }
+            return Array(bytes[i..<(i + n)])
+        }
+        while let name = next(), let pks = next() {
+            out.append((String(decoding: name, as: UTF8.self), decodeKeys(pks)))
         }
         return out
     }
@@ -45,52 +67,55 @@ extension StoreCore {
         return pks
     }
 
-    /// Records the rows `version` of `site` wrote, by table.
-    func recordKeys(site: Int64, version: Int64, keys: [(table: String, pk: [UInt8])]) throws {
-        // Readers skip repeats; dropping the consecutive ones (cells of one row) keeps it short.
-        // Keys come in runs of one table, so tables are looked up per run, not per key.
-        var byTable: [String: [[UInt8]]] = [:]
+    /// The rows written by a merged version, by table (consecutive repeats, the
+    /// cells of one row, dropped; readers skip any other repeat).
+    static func groupKeys(_ keys: [(table: String, pk: [UInt8])]) -> [String: [UInt8]] {
+        var byTable: [String: [UInt8]] = [:]
         var runTable: String?
-        var run: [[UInt8]] = []
+        var run: [UInt8] = []
+        var last: [UInt8]?
         for k in keys {
             if k.table != runTable {
                 if let runTable { byTable[runTable, default: []] += run }
                 runTable = k.table
                 run = []
-            } else if run.last == k.pk {
+                last = nil
+            } else if last == k.pk {
                 continue
             }
-            run.append(k.pk)
+            appendKey(k.pk, to: &run)
+            last = k.pk
         }
         if let runTable { byTable[runTable, default: []] += run }
-        let stmt = try db.cached("INSERT OR REPLACE INTO __patina_keys (site, version, tbl, pks) VALUES (?, ?, ?, ?)")
-        for (table, pks) in byTable {
-            stmt.reset()
-            stmt.bind(site, at: 1)
-            stmt.bind(version, at: 2)
-            stmt.bind(table, at: 3)
-            stmt.bind(Self.encodeKeys(pks), at: 4)
-            try stmt.step()
-        }
+        return byTable
+    }
+
+    /// Records a version that wrote something: its last seq, timestamp and keys.
+    func recordVersion(site: Int64, version: Int64, lastSeq: Int64, ts: HybridTimestamp, keys: [String: [UInt8]]) throws {
+        let stmt = try db.cached("INSERT OR REPLACE INTO __patina_versions (site, version, last_seq, ts, keys) VALUES (?, ?, ?, ?, ?)")
+        stmt.bind(site, at: 1)
+        stmt.bind(version, at: 2)
+        stmt.bind(lastSeq, at: 3)
+        stmt.bind(Int64(bitPattern: ts.rawValue), at: 4)
+        stmt.bind(Self.encodeVersionKeys(keys), at: 5)
+        try stmt.step()
         stmt.reset()
     }
 
     func keys(site: Int64, versions: ClosedRange<Int64>) throws -> [VersionKeysEntry] {
-        let stmt = try db.cached("SELECT version, tbl, pks FROM __patina_keys WHERE site = ? AND version BETWEEN ? AND ?")
+        let stmt = try db.cached("SELECT version, keys FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?")
         stmt.bind(site, at: 1)
         stmt.bind(versions.lowerBound, at: 2)
         stmt.bind(versions.upperBound, at: 3)
         var entries: [VersionKeysEntry] = []
         while try stmt.step() {
-            entries.append(VersionKeysEntry(version: stmt.int64(at: 0), table: stmt.string(at: 1), pks: Self.decodeKeys(stmt.bytes(at: 2))))
+            let version = stmt.int64(at: 0)
+            for (table, pks) in Self.decodeVersionKeys(stmt.bytes(at: 1)) {
+                entries.append(VersionKeysEntry(version: version, table: table, pks: pks))
+            }
         }
         stmt.reset()
         return entries
-    }
-
-    func dropKeys(site: Int64, versions: ClosedRange<Int64>) throws {
-        try db.run("DELETE FROM __patina_keys WHERE site = ? AND version BETWEEN ? AND ?",
-                   [.integer(site), .integer(versions.lowerBound), .integer(versions.upperBound)])
     }
 
     /// Whether any clock row is still attributed to `version` of `site`.
