@@ -147,8 +147,8 @@ extension StoreCore {
     struct CapturedWrites {
         var changes: [Change] = []
         var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
-        /// Per table, the keys of the rows written, encoded for the version's `keys`.
-        var keys: [String: [UInt8]] = [:]
+        /// Per table, the keys of the rows written, for the version's `keys`.
+        var keys: [String: KeyList] = [:]
         /// The last seq taken; seqs of rows that fell back to the general path may be unused.
         var lastSeq: Int64 = -1
     }
@@ -314,8 +314,8 @@ extension StoreCore {
         var next = conflicted.makeIterator()
         var skip = next.next()
         var tableRows = out.rows[table.name] ?? Dictionary(minimumCapacity: batch.count)
-        var keys = out.keys.removeValue(forKey: table.name) ?? []
-        keys.reserveCapacity(keys.count + batch.count * (4 + (batch.first?.pk.count ?? 0)))
+        var keys = out.keys.removeValue(forKey: table.name) ?? KeyList()
+        keys.bytes.reserveCapacity(keys.bytes.count + batch.count * 2)
         for (i, first) in batch.enumerated() {
             if i == skip {
                 skip = next.next()
@@ -331,7 +331,7 @@ extension StoreCore {
                 }
             }
             tableRows[pk] = .upsert
-            Self.appendKey(first.pk, to: &keys)
+            keys.append(first.pk)
         }
         out.rows[table.name] = tableRows
         out.keys[table.name] = keys
@@ -407,7 +407,7 @@ extension StoreCore {
             out.changes.append(Change(table: table.name, pk: pk, cid: c.cid, val: c.val, colVersion: c.colVersion, seq: c.seq, cl: rowCl))
         }
         out.rows[table.name, default: [:]][pk] = rowCl % 2 == 0 ? .delete : .upsert
-        Self.appendKey(pk.bytes, to: &out.keys[table.name, default: []])
+        out.keys[table.name, default: KeyList()].append(pk.bytes)
     }
 
     /// SQLite's `IS` on values as stored (an integer and a real of equal value are the same).

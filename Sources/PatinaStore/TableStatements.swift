@@ -117,8 +117,10 @@ final class TableStatements {
         }
     }
 
-    /// Rows per statement of the batched clock inserts, largest first.
-    static let batchSizes = [64, 16, 4, 1]
+    /// Rows per statement of the batched clock inserts, largest first: powers
+    /// of two, so any batch takes few statements and few are ever prepared
+    /// (128 rows × 5 parameters stays under SQLite's historical 999).
+    static let batchSizes = [128, 64, 32, 16, 8, 4, 2, 1]
 
     /// `insertClockIfAbsent` for `rows` rows at once (parameters 5k+1...5k+5).
     func insertClocksIfAbsent(rows: Int) throws -> SQLiteStatement {

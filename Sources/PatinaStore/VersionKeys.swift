@@ -13,8 +13,7 @@ import PatinaCore
 /// the merge), never misses one. A cleared version's row goes, keys and all.
 ///
 /// Encoding: per table, the name's UTF-8 length (4 big-endian bytes), the name,
-/// the length of its key list (4 bytes), then the keys, each preceded by its
-/// length as 4 big-endian bytes.
+/// the length of its key list (4 bytes), then the list (``KeyList``).
 extension StoreCore {
     struct VersionKeysEntry {
         var version: Int64
@@ -27,12 +26,12 @@ extension StoreCore {
         out.append(contentsOf: pk)
     }
 
-    /// The `keys` column from per-table key lists (each already encoded with ``appendKey(_:to:)``).
-    static func encodeVersionKeys(_ byTable: [String: [UInt8]]) -> [UInt8] {
+    /// The `keys` column from per-table key lists.
+    static func encodeVersionKeys(_ byTable: [String: KeyList]) -> [UInt8] {
         var out: [UInt8] = []
-        for (table, pks) in byTable.sorted(by: { $0.key < $1.key }) where !pks.isEmpty {
+        for (table, list) in byTable.sorted(by: { $0.key < $1.key }) where !list.bytes.isEmpty {
             appendKey(Array(table.utf8), to: &out)
-            appendKey(pks, to: &out)
+            appendKey(list.bytes, to: &out)
         }
         return out
     }
@@ -49,49 +48,26 @@ extension StoreCore {
             return Array(bytes[i..<(i + n)])
         }
         while let name = next(), let pks = next() {
-            out.append((String(decoding: name, as: UTF8.self), decodeKeys(pks)))
+            out.append((String(decoding: name, as: UTF8.self), KeyList.decode(pks)))
         }
         return out
     }
 
-    static func decodeKeys(_ bytes: [UInt8]) -> [[UInt8]] {
-        var pks: [[UInt8]] = []
-        var i = 0
-        while i + 4 <= bytes.count {
-            let n = Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])
-            i += 4
-            guard i + n <= bytes.count else { break }
-            pks.append(Array(bytes[i..<(i + n)]))
-            i += n
-        }
-        return pks
-    }
-
     /// The rows written by a merged version, by table (consecutive repeats, the
     /// cells of one row, dropped; readers skip any other repeat).
-    static func groupKeys(_ keys: [(table: String, pk: [UInt8])]) -> [String: [UInt8]] {
-        var byTable: [String: [UInt8]] = [:]
-        var runTable: String?
-        var run: [UInt8] = []
-        var last: [UInt8]?
+    static func groupKeys(_ keys: [(table: String, pk: [UInt8])]) -> [String: KeyList] {
+        var byTable: [String: KeyList] = [:]
+        var last: (table: String, pk: [UInt8])?
         for k in keys {
-            if k.table != runTable {
-                if let runTable { byTable[runTable, default: []] += run }
-                runTable = k.table
-                run = []
-                last = nil
-            } else if last == k.pk {
-                continue
-            }
-            appendKey(k.pk, to: &run)
-            last = k.pk
+            if let last, last.table == k.table, last.pk == k.pk { continue }
+            byTable[k.table, default: KeyList()].append(k.pk)
+            last = k
         }
-        if let runTable { byTable[runTable, default: []] += run }
         return byTable
     }
 
     /// Records a version that wrote something: its last seq, timestamp and keys.
-    func recordVersion(site: Int64, version: Int64, lastSeq: Int64, ts: HybridTimestamp, keys: [String: [UInt8]]) throws {
+    func recordVersion(site: Int64, version: Int64, lastSeq: Int64, ts: HybridTimestamp, keys: [String: KeyList]) throws {
         let stmt = try db.cached("INSERT OR REPLACE INTO __patina_versions (site, version, last_seq, ts, keys) VALUES (?, ?, ?, ?, ?)")
         stmt.bind(site, at: 1)
         stmt.bind(version, at: 2)
@@ -190,5 +166,63 @@ extension StoreCore {
             }
         }
         return out.sorted { $0.pk != $1.pk ? $0.pk.lexicographicallyPrecedes($1.pk) : $0.cid.utf8.lexicographicallyPrecedes($1.cid.utf8) }.map(\.row)
+    }
+}
+
+/// The keys of one table's rows in a version's list, compact because a
+/// version's row is written on every commit: each key starts with an unsigned
+/// LEB128 varint `h`. Odd `h`: a one-integer key, `(h - 1) / 2` the zigzag of
+/// its difference from the previous integer key of the list (consecutive ids
+/// take one byte each). Even `h`: `h / 2` bytes of a packed key follow.
+struct KeyList {
+    var bytes: [UInt8] = []
+    private var last: Int64 = 0
+
+    mutating func append(_ pk: [UInt8]) {
+        // (A difference whose zigzag needs all 64 bits is stored as bytes.)
+        if let v = TableStatements.singleInteger(pk), case let z = UInt64(bitPattern: ((v &- last) << 1) ^ ((v &- last) >> 63)), z >> 63 == 0 {
+            last = v
+            Self.appendUnsigned(z << 1 | 1, to: &bytes)
+        } else {
+            Self.appendUnsigned(UInt64(pk.count) << 1, to: &bytes)
+            bytes.append(contentsOf: pk)
+        }
+    }
+
+    static func decode(_ bytes: [UInt8]) -> [[UInt8]] {
+        var pks: [[UInt8]] = []
+        var i = 0
+        var last: Int64 = 0
+        while i < bytes.count {
+            var h: UInt64 = 0
+            var shift: UInt64 = 0
+            while i < bytes.count, shift < 64 {
+                let b = bytes[i]
+                i += 1
+                h |= UInt64(b & 0x7f) << shift
+                if b < 0x80 { break }
+                shift += 7
+            }
+            if h & 1 == 1 {
+                let z = h >> 1
+                last = last &+ (Int64(bitPattern: z >> 1) ^ -Int64(bitPattern: z & 1))
+                pks.append(packInteger(last) { Array($0) })
+            } else {
+                let n = Int(h >> 1)
+                guard i + n <= bytes.count else { break }
+                pks.append(Array(bytes[i..<(i + n)]))
+                i += n
+            }
+        }
+        return pks
+    }
+
+    private static func appendUnsigned(_ value: UInt64, to out: inout [UInt8]) {
+        var u = value
+        while u >= 0x80 {
+            out.append(UInt8(truncatingIfNeeded: u) | 0x80)
+            u >>= 7
+        }
+        out.append(UInt8(u))
     }
 }

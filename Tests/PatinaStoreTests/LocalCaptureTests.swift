@@ -169,6 +169,20 @@ import Testing
         #expect(try store.rows().count == 8)
     }
 
+    /// A version's key list: integer keys as deltas, any other key as bytes.
+    @Test func versionKeyListsRoundTrip() {
+        let keys: [PackedPrimaryKey] = [
+            pk(.integer(5)), pk(.integer(6)), pk(.integer(-1_000_000)), pk(.integer(.max)), pk(.integer(.min)),
+            pk(.text("a")), pk(.integer(7)), pk(.integer(1), .text("x")), pk(.blob([0, 1])), pk(.integer(0)),
+        ]
+        var list = KeyList()
+        for key in keys { list.append(key.bytes) }
+        #expect(KeyList.decode(list.bytes) == keys.map(\.bytes))
+        let encoded = StoreCore.encodeVersionKeys(["t": list, "u": KeyList()])
+        #expect(StoreCore.decodeVersionKeys(encoded).map(\.table) == ["t"])
+        #expect(StoreCore.decodeVersionKeys(encoded).first?.pks == keys.map(\.bytes))
+    }
+
     /// Capture is the writer connection's preupdate hook; any other connection
     /// meets the guard triggers instead of writing unreplicated rows.
     @Test func writesFromAnotherConnectionAreRefused() throws {
