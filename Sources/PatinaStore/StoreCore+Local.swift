@@ -293,15 +293,17 @@ extension StoreCore {
         var start = 0
         while start < batch.count {
             let n = TableStatements.batchSizes.first { $0 <= batch.count - start }!
-            let s = try st.insertClocksIfAbsent(rows: n)
-            s.reset()
+            let s = try st.insertFirstLifeClocks(rows: n)
+            s.rewind()
+            s.bind(0, at: 1)
+            s.bind(version, at: 2)
+            s.bind(count, at: 3)
             for k in 0..<n {
-                let first = batch[start + k]
-                try st.bindClockKey(s, PackedPrimaryKey(bytes: first.pk), at: 5 * k + 1)
-                try TableStatements.bindStored(s, .compact(site: 0, version: version, seq: first.seq, count: count), at: 5 * k + 1)
+                try st.bindClockKey(s, PackedPrimaryKey(bytes: batch[start + k].pk), at: 4 + 2 * k)
+                s.bind(batch[start + k].seq, at: 5 + 2 * k)
             }
             try s.step()
-            s.reset()
+            s.rewind()
             if db.changes != n {
                 for k in 0..<n {
                     let first = batch[start + k]

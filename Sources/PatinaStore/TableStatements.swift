@@ -5,8 +5,6 @@ final class TableStatements {
     let selectRow: String
     /// A row's clock: site, db_version, seq, cells (see ``RowClock/Stored``).
     let selectClock: SQLiteStatement
-    /// Writes a new row's clock unless the row already has one.
-    let insertClockIfAbsent: SQLiteStatement
     let writeClock: SQLiteStatement
     let deleteClock: SQLiteStatement
     let deleteRow: SQLiteStatement
@@ -28,8 +26,6 @@ final class TableStatements {
         let keyMatch = t.pkColumns.enumerated().map { "\(quoteIdentifier($1)) = ?\($0 + 1)" }.joined(separator: " AND ")
         selectRow = "SELECT \(t.columns.map(quoteIdentifier).joined(separator: ", ")) FROM \(table) WHERE \(keyMatch)"
         selectClock = try db.prepare("SELECT site, db_version, seq, cells FROM \(clock) WHERE pk = ?1")
-        insertClockIfAbsent = try db.prepare(
-            "INSERT INTO \(clock) (pk, site, db_version, seq, cells) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (pk) DO NOTHING")
         writeClock = try db.prepare("INSERT OR REPLACE INTO \(clock) (pk, site, db_version, seq, cells) VALUES (?1, ?2, ?3, ?4, ?5)")
         deleteClock = try db.prepare("DELETE FROM \(clock) WHERE pk = ?1")
         deleteRow = try db.prepare("DELETE FROM \(table) WHERE \(keyMatch)")
@@ -119,14 +115,15 @@ final class TableStatements {
 
     /// Rows per statement of the batched clock inserts, largest first: powers
     /// of two, so any batch takes few statements and few are ever prepared
-    /// (128 rows × 5 parameters stays under SQLite's historical 999).
+    /// (3 + 2 × 128 parameters stays under SQLite's historical 999).
     static let batchSizes = [128, 64, 32, 16, 8, 4, 2, 1]
 
-    /// `insertClockIfAbsent` for `rows` rows at once (parameters 5k+1...5k+5).
-    func insertClocksIfAbsent(rows: Int) throws -> SQLiteStatement {
-        if rows == 1 { return insertClockIfAbsent }
+    /// Compact first-life clocks of `rows` rows in one statement: ?1 site,
+    /// ?2 db_version, ?3 cell count (shared), then per row k its key at
+    /// ?(4 + 2k) and seq at ?(5 + 2k).
+    func insertFirstLifeClocks(rows: Int) throws -> SQLiteStatement {
         if let s = batchInserts[rows] { return s }
-        let values = Array(repeating: "(?, ?, ?, ?, ?)", count: rows).joined(separator: ", ")
+        let values = (0..<rows).map { "(?\(4 + 2 * $0), ?1, ?2, ?\(5 + 2 * $0), ?3)" }.joined(separator: ", ")
         let s = try db.prepare("INSERT INTO \(quoteIdentifier(table.clockTable)) (pk, site, db_version, seq, cells) VALUES \(values) ON CONFLICT (pk) DO NOTHING")
         batchInserts[rows] = s
         return s
