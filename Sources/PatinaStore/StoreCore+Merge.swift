@@ -161,6 +161,12 @@ extension StoreCore {
                 guard values.count == table.pkColumns.count, !values.contains(.null) else {
                     throw fail("malformed primary key for \(change.table): expected \(table.pkColumns.count) non-NULL values")
                 }
+                if integerKeyTables.contains(change.table) {
+                    // The row's key is its rowid, and its clock is keyed by it.
+                    guard case .integer = values[0] else {
+                        throw fail("malformed primary key for \(change.table): its key is an INTEGER PRIMARY KEY")
+                    }
+                }
                 keys.append(values)
             }
             return keys

@@ -63,6 +63,8 @@ import Testing
             .cleared(actor: remote, versions: -3...2),
             changeset(remote, 9, [cell(pk(.integer(9)), "name", .text("x"), cl: 0)]),
             changeset(remote, 10, [cell(pk(.null), "name", .text("null key"))]),
+            // items' key is its rowid, and its clock is keyed by that integer.
+            changeset(remote, 11, [cell(pk(.text("11")), "name", .text("text key"))]),
         ]
         let outcome = try store.merge(bad + [good])
         #expect(outcome.rejections.map(\.index) == Array(0..<bad.count))
