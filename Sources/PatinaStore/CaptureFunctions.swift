@@ -52,15 +52,16 @@ final class CaptureState {
 
 /// A replicated table as the preupdate hook sees it: column positions are the
 /// table's declaration order (what `sqlite3_preupdate_old/new` index by).
-struct CapturedTable {
-    var name: String
-    var cName: [CChar]
+/// A class so the hook takes one reference per row, not one per field.
+final class CapturedTable {
+    let name: String
+    let cName: [CChar]
     /// Declaration positions of the key columns, in key order.
-    var pkPositions: [Int32]
+    let pkPositions: [Int32]
     /// Declaration positions of the non-key columns, in ``TableInfo/columns`` order.
-    var valuePositions: [Int32]
+    let valuePositions: [Int32]
     /// The key is the rowid, which the hook is handed directly.
-    var rowidKey: Bool
+    let rowidKey: Bool
 
     init(table: TableInfo, declarationOrder: [String], rowidKey: Bool) {
         self.rowidKey = rowidKey

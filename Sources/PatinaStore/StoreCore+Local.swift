@@ -318,22 +318,25 @@ extension StoreCore {
         var tableRows = out.rows[table.name] ?? Dictionary(minimumCapacity: batch.count)
         var keys = out.keys.removeValue(forKey: table.name) ?? KeyList()
         keys.bytes.reserveCapacity(keys.bytes.count + batch.count * 2)
-        for (i, first) in batch.enumerated() {
+        let name = table.name
+        let columns = table.columns
+        for i in batch.indices {
             if i == skip {
                 skip = next.next()
                 continue
             }
-            let pk = PackedPrimaryKey(bytes: first.pk)
-            if table.columns.isEmpty {
-                out.changes.append(Change(table: table.name, pk: pk, cid: Change.sentinelColumn, val: .null, colVersion: 1, seq: first.seq, cl: 1))
+            let pk = PackedPrimaryKey(bytes: batch[i].pk)
+            let seq = batch[i].seq
+            if columns.isEmpty {
+                out.changes.append(Change(table: name, pk: pk, cid: Change.sentinelColumn, val: .null, colVersion: 1, seq: seq, cl: 1))
             } else {
-                for (c, column) in table.columns.enumerated() {
-                    out.changes.append(Change(table: table.name, pk: pk, cid: column, val: first.value(c, capture),
-                                              colVersion: 1, seq: first.seq + Int64(c), cl: 1))
+                for c in columns.indices {
+                    out.changes.append(Change(table: name, pk: pk, cid: columns[c], val: batch[i].value(c, capture),
+                                              colVersion: 1, seq: seq + Int64(c), cl: 1))
                 }
             }
             tableRows[pk] = .upsert
-            keys.append(first.pk)
+            keys.append(pk.bytes)
         }
         out.rows[table.name] = tableRows
         out.keys[table.name] = keys
