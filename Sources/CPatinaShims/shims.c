@@ -1,4 +1,5 @@
 #define _GNU_SOURCE 1 // ppoll, used by the QUIC event loop
+#define SQLITE_ENABLE_PREUPDATE_HOOK 1
 #include "CPatinaShims.h"
 #include <ngtcp2/ngtcp2.h>
 
@@ -16,6 +17,35 @@ void patina_sqlite3_result_text_transient(sqlite3_context *ctx, const char *text
 
 void patina_sqlite3_result_blob_transient(sqlite3_context *ctx, const void *bytes, int length) {
     sqlite3_result_blob(ctx, bytes, length, SQLITE_TRANSIENT);
+}
+
+// Repeated from sqlite3.h in case the header was read without the macro above
+// (identical redeclarations are valid C).
+void *sqlite3_preupdate_hook(sqlite3 *, void (*)(void *, sqlite3 *, int, char const *, char const *, sqlite3_int64, sqlite3_int64), void *);
+int sqlite3_preupdate_old(sqlite3 *, int, sqlite3_value **);
+int sqlite3_preupdate_count(sqlite3 *);
+int sqlite3_preupdate_new(sqlite3 *, int, sqlite3_value **);
+
+void patina_sqlite3_preupdate_hook(sqlite3 *db, patina_preupdate_callback callback, void *context) {
+    sqlite3_preupdate_hook(db, callback, context);
+}
+
+int patina_sqlite3_preupdate_count(sqlite3 *db) { return sqlite3_preupdate_count(db); }
+
+sqlite3_value *patina_sqlite3_preupdate_old(sqlite3 *db, int index) {
+    sqlite3_value *value = NULL;
+    return sqlite3_preupdate_old(db, index, &value) == SQLITE_OK ? value : NULL;
+}
+
+sqlite3_value *patina_sqlite3_preupdate_new(sqlite3 *db, int index) {
+    sqlite3_value *value = NULL;
+    return sqlite3_preupdate_new(db, index, &value) == SQLITE_OK ? value : NULL;
+}
+
+int patina_sqlite3_disable_triggers(sqlite3 *db) {
+    int enabled = -1;
+    sqlite3_db_config(db, SQLITE_DBCONFIG_ENABLE_TRIGGER, 0, &enabled);
+    return enabled;
 }
 
 const char *patina_ngtcp2_version_string(void) {

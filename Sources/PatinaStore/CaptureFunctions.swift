@@ -1,52 +1,158 @@
 import CPatinaShims
 import CSQLite
+import Foundation
 import PatinaCore
 
-/// State shared between the store and the SQL functions its triggers call.
+/// State shared between the store and its writer connection's callbacks.
 ///
-/// The triggers of replicated tables record each local write in the clock
-/// tables through `patina_capturing()`, `patina_version()`, `patina_seq()` and
-/// `patina_pack(...)`. The store sets the version before running a local
-/// transaction and turns capturing off while it merges remote changes, so
+/// Local writes are captured by SQLite's preupdate hook (``CaptureFunctions/installCapture(on:state:)``):
+/// for every row a user statement inserts, updates or deletes in a replicated
+/// table, the hook records a ``RowEvent`` with the row's packed key and its
+/// non-key values. At commit the store turns the events into clock rows and
+/// changes in one batch (StoreCore+Local.swift). Merges turn capturing off, so
 /// merged writes are never captured again as local ones.
 ///
-/// Inserts of new rows (the common case) also hand their cells to the store
-/// through `patina_cell(...)`, so the commit builds its changeset from
-/// ``cells`` instead of reading the clock tables back. Anything else — an
-/// update, a delete, an insert that met an existing clock row, a failed
-/// statement — sets ``needsReadBack`` through `patina_slow()`, and the commit
-/// reads its changes back from the clocks of the rows it touched (``cells``
-/// and ``touched``).
+/// Why a hook and not triggers: a trigger program per row, plus the SQL
+/// functions it calls, cost more than the plain insert itself; the hook is one
+/// C call per row and hands over the values the changeset needs anyway.
 final class CaptureState {
     var capturing = false
-    var version: Int64 = 0
-    var nextSeq: Int64 = 0
-    /// Cells of rows inserted by this transaction (col_version 1, cl 1), in seq order.
-    var cells: [CapturedCell] = []
-    /// True once the transaction did something ``cells`` cannot describe.
-    var needsReadBack = false
-    /// Rows whose clocks were written other than through `patina_cell`.
-    var touched: [(table: String, pk: [UInt8])] = []
+    /// The replicated tables, as the hook matches them (set by loadTables).
+    var watched: [CapturedTable] = []
+    private var lastWatched = 0
+    /// Row changes of the running local transaction, in order. Exclusivity is
+    /// not checked at run time: only the writer's thread touches these, from the
+    /// hook or between statements (never both at once), and the checks cost a
+    /// measurable share of a replicated insert.
+    @exclusivity(unchecked) var events: [RowEvent] = []
+    /// The events' non-key values, back to back (one array per transaction,
+    /// not one per row).
+    @exclusivity(unchecked) var values: [SQLValue] = []
+
+    /// `count` values recorded from `start` (see ``RowEvent``).
+    func values(from start: Int32, count: Int) -> [SQLValue] {
+        start < 0 ? [] : Array(values[Int(start)..<(Int(start) + count)])
+    }
     /// True while user-supplied SQL runs: the authorizer then refuses writes to
     /// internal tables, DDL and transaction control.
     var userStatementsActive = false
     var deniedReason: String?
     /// Tables read by user statements prepared since the last reset.
     var readTables: Set<String> = []
+
+    func watchedIndex(_ name: UnsafePointer<CChar>) -> Int? {
+        if lastWatched < watched.count, watched[lastWatched].matches(name) { return lastWatched }
+        for i in watched.indices where watched[i].matches(name) {
+            lastWatched = i
+            return i
+        }
+        return nil
+    }
 }
 
-/// One cell of a newly inserted row, as its trigger saw it (after affinity).
-struct CapturedCell {
-    var table: String
-    var cid: String
-    var val: SQLValue
+/// A replicated table as the preupdate hook sees it: column positions are the
+/// table's declaration order (what `sqlite3_preupdate_old/new` index by).
+/// A class so the hook takes one reference per row, not one per field.
+final class CapturedTable {
+    let name: String
+    let cName: [CChar]
+    /// Declaration positions of the key columns, in key order.
+    let pkPositions: [Int32]
+    /// Declaration positions of the non-key columns, in ``TableInfo/columns`` order.
+    let valuePositions: [Int32]
+    /// The key is the rowid, which the hook is handed directly.
+    let rowidKey: Bool
+
+    init(table: TableInfo, declarationOrder: [String], rowidKey: Bool) {
+        self.rowidKey = rowidKey
+        name = table.name
+        cName = Array(table.name.utf8CString)
+        let position = Dictionary(uniqueKeysWithValues: declarationOrder.enumerated().map { ($1, Int32($0)) })
+        pkPositions = table.pkColumns.map { position[$0]! }
+        valuePositions = table.columns.map { position[$0]! }
+    }
+
+    func matches(_ name: UnsafePointer<CChar>) -> Bool {
+        cName.withUnsafeBufferPointer { strcmp($0.baseAddress!, name) == 0 }
+    }
+}
+
+/// One row changed by a local statement. An update of the key is recorded as a
+/// delete of the old key and an insert of the new one (as cr-sqlite does).
+struct RowEvent {
+    enum Op: UInt8 { case insert, delete, update }
+    var op: Op
+    var table: Int32
     var pk: [UInt8]
-    var seq: Int64
+    /// Where the non-key values before the change start in ``CaptureState/values``
+    /// (updates only; else -1).
+    var old: Int32
+    /// Where the non-key values after the change start (inserts and updates;
+    /// else -1), after affinity.
+    var new: Int32
 }
 
 enum CaptureFunctions {
-    /// Registers the functions on `db`. `state` must outlive the connection;
-    /// the store owns both and the connection closes first.
+    /// Installs local-write capture on the store's writer connection: the
+    /// preupdate hook, and triggers off so the guard triggers (which refuse
+    /// writes from any other connection) never fire here. `state` must outlive
+    /// the connection; the store owns both and the connection closes first.
+    static func installCapture(on db: OpaquePointer, state: CaptureState) {
+        _ = patina_sqlite3_disable_triggers(db)
+        patina_sqlite3_preupdate_hook(db, { context, db, op, _, name, oldRowid, newRowid in
+            let state = Unmanaged<CaptureState>.fromOpaque(context!).takeUnretainedValue()
+            guard state.capturing, let db, let name, let t = state.watchedIndex(name) else { return }
+            let table = state.watched[t]
+            switch op {
+            case SQLITE_INSERT:
+                let pk = CaptureFunctions.packKey(db, table, new: true, rowid: newRowid)
+                let new = CaptureFunctions.record(db, table, new: true, into: state)
+                state.events.append(RowEvent(op: .insert, table: Int32(t), pk: pk, old: -1, new: new))
+            case SQLITE_DELETE:
+                state.events.append(RowEvent(op: .delete, table: Int32(t), pk: CaptureFunctions.packKey(db, table, new: false, rowid: oldRowid),
+                                             old: -1, new: -1))
+            default:
+                let oldKey = CaptureFunctions.packKey(db, table, new: false, rowid: oldRowid)
+                let newKey = CaptureFunctions.packKey(db, table, new: true, rowid: newRowid)
+                if oldKey == newKey {
+                    let old = CaptureFunctions.record(db, table, new: false, into: state)
+                    let new = CaptureFunctions.record(db, table, new: true, into: state)
+                    state.events.append(RowEvent(op: .update, table: Int32(t), pk: newKey, old: old, new: new))
+                } else {
+                    state.events.append(RowEvent(op: .delete, table: Int32(t), pk: oldKey, old: -1, new: -1))
+                    let new = CaptureFunctions.record(db, table, new: true, into: state)
+                    state.events.append(RowEvent(op: .insert, table: Int32(t), pk: newKey, old: -1, new: new))
+                }
+            }
+        }, Unmanaged.passUnretained(state).toOpaque())
+    }
+
+    fileprivate static func value(_ db: OpaquePointer, _ position: Int32, new: Bool) -> OpaquePointer? {
+        new ? patina_sqlite3_preupdate_new(db, position) : patina_sqlite3_preupdate_old(db, position)
+    }
+
+    fileprivate static func packKey(_ db: OpaquePointer, _ table: CapturedTable, new: Bool, rowid: Int64) -> [UInt8] {
+        if table.rowidKey { return packInteger(rowid) { Array($0) } }
+        if table.pkPositions.count == 1 {
+            let v = value(db, table.pkPositions[0], new: new)
+            if sqlite3_value_type(v) == SQLITE_INTEGER {
+                return packInteger(sqlite3_value_int64(v)) { Array($0) }
+            }
+        }
+        var bytes: [UInt8] = [UInt8(truncatingIfNeeded: table.pkPositions.count)]
+        for p in table.pkPositions { PackedPrimaryKey.append(sqlValue(of: value(db, p, new: new)), to: &bytes) }
+        return bytes
+    }
+
+    /// Appends the row's non-key values to `state.values`; returns where they start.
+    fileprivate static func record(_ db: OpaquePointer, _ table: CapturedTable, new: Bool, into state: CaptureState) -> Int32 {
+        let start = Int32(state.values.count)
+        for p in table.valuePositions { state.values.append(sqlValue(of: value(db, p, new: new))) }
+        return start
+    }
+
+    /// Registers the SQL functions and the authorizer on `db`. `state` must
+    /// outlive the connection; the store owns both and the connection closes first.
     static func register(on db: OpaquePointer, state: CaptureState) {
         let context = Unmanaged.passUnretained(state).toOpaque()
         let flags = SQLITE_UTF8 | SQLITE_INNOCUOUS
@@ -63,39 +169,6 @@ enum CaptureFunctions {
             bytes.withUnsafeBytes { buf in
                 patina_sqlite3_result_blob_transient(ctx, buf.baseAddress, Int32(buf.count))
             }
-        }, nil, nil, nil)
-        // patina_cell(table, cid, value, packed pk): records a cell of a new row and returns its seq.
-        sqlite3_create_function_v2(db, "patina_cell", 4, flags, context, { ctx, _, argv in
-            let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
-            let seq = state.nextSeq
-            state.nextSeq += 1
-            // The cells of one row arrive together: share the previous cell's key.
-            var pk: [UInt8]
-            if let last = state.cells.last, blobEquals(argv![3], last.pk) { pk = last.pk } else { pk = blobValue(argv![3]) }
-            state.cells.append(CapturedCell(
-                table: textValue(argv![0]), cid: textValue(argv![1]), val: sqlValue(of: argv![2]), pk: pk, seq: seq))
-            sqlite3_result_int64(ctx, seq)
-        }, nil, nil, nil)
-        // patina_slow(): this transaction needs its changes read back; returns 0.
-        sqlite3_create_function_v2(db, "patina_slow", 0, flags, context, { ctx, _, _ in
-            let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
-            state.needsReadBack = true
-            sqlite3_result_int(ctx, 0)
-        }, nil, nil, nil)
-        sqlite3_create_function_v2(db, "patina_capturing", 0, flags, context, { ctx, _, _ in
-            let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
-            sqlite3_result_int(ctx, state.capturing ? 1 : 0)
-        }, nil, nil, nil)
-        sqlite3_create_function_v2(db, "patina_version", 0, flags, context, { ctx, _, _ in
-            let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
-            sqlite3_result_int64(ctx, state.version)
-        }, nil, nil, nil)
-        // patina_seq(table, packed pk): the next seq, for a clock write to that row.
-        sqlite3_create_function_v2(db, "patina_seq", -1, flags, context, { ctx, argc, argv in
-            let state = Unmanaged<CaptureState>.fromOpaque(sqlite3_user_data(ctx)).takeUnretainedValue()
-            if argc == 2 { state.touched.append((textValue(argv![0]), blobValue(argv![1]))) }
-            sqlite3_result_int64(ctx, state.nextSeq)
-            state.nextSeq += 1
         }, nil, nil, nil)
 
         // Guards user SQL (see CaptureState.userStatementsActive). Arguments: action,
@@ -174,22 +247,4 @@ func packInteger<R>(_ v: Int64, _ body: (UnsafeRawBufferPointer) -> R) -> R {
         }
         return body(UnsafeRawBufferPointer(rebasing: raw[0..<(2 + n)]))
     }
-}
-
-private func blobEquals(_ arg: OpaquePointer?, _ bytes: [UInt8]) -> Bool {
-    let n = Int(sqlite3_value_bytes(arg))
-    guard n == bytes.count else { return false }
-    guard n > 0, let p = sqlite3_value_blob(arg) else { return true }
-    return UnsafeRawBufferPointer(start: p, count: n).elementsEqual(bytes)
-}
-
-private func blobValue(_ arg: OpaquePointer?) -> [UInt8] {
-    let n = Int(sqlite3_value_bytes(arg))
-    guard n > 0, let p = sqlite3_value_blob(arg) else { return [] }
-    return Array(UnsafeRawBufferPointer(start: p, count: n))
-}
-
-private func textValue(_ arg: OpaquePointer?) -> String {
-    guard let p = sqlite3_value_text(arg) else { return "" }
-    return String(decoding: UnsafeBufferPointer(start: p, count: Int(sqlite3_value_bytes(arg))), as: UTF8.self)
 }

@@ -100,6 +100,14 @@ public final class Store: @unchecked Sendable {
         try core.withLock { try $0.merge(changesets).0 }
     }
 
+    /// Every clock of `table`, one row per cell or sentinel as `[pk, cid,
+    /// col_version, actor (NULL for an implied sentinel), db_version, seq]`,
+    /// ordered by packed key then cid: the logical view of the packed clock
+    /// rows, for tests and diagnostics.
+    func clockRows(_ table: String) throws -> [[SQLValue]] {
+        try core.withLock { try $0.clockRows(table) }
+    }
+
     /// The changesets of `actor` for `versions` that this node holds.
     public func changesets(actor: ActorID, versions: ClosedRange<Int64>) throws -> [Changeset] {
         try core.withLock { try $0.changesets(actor: actor, versions: versions) }

@@ -28,13 +28,6 @@ extension StoreCore {
         var pk: PackedPrimaryKey
     }
 
-    struct Sentinel {
-        var cl: Int64
-        var site: Int64
-        var version: Int64
-        var seq: Int64
-    }
-
     struct SiteVersion: Hashable {
         var site: Int64
         var version: Int64
@@ -44,14 +37,13 @@ extension StoreCore {
     struct MergeContext {
         var rows: [String: [PackedPrimaryKey: RowChangeKind]] = [:]
         var overwritten: Set<SiteVersion> = []
-        var sentinels: [RowKey: Sentinel?] = [:]
+        /// Clocks of the rows this batch touched, read once and written back at
+        /// the end of each version (see flushClocks).
+        var clocks: [RowKey: RowClock?] = [:]
+        var dirtyClocks: Set<RowKey> = []
         var touchedSites: Set<Int64> = []
         var origins: [RemoteOrigin] = []
         var written = 0
-        /// Rows with no column clocks when this batch first touched them (unknown,
-        /// deleted or just resurrected), with the columns clocked since: a cell
-        /// not listed has no clock, so the merge skips looking for one.
-        var freshRows: [RowKey: Set<String>] = [:]
         /// Winning cells not yet written to the base table: one upsert per row
         /// instead of one per cell (see flushPendingRows).
         var pendingRows: [RowKey: PendingRow] = [:]
@@ -115,8 +107,8 @@ extension StoreCore {
                     ctx.written = writtenBefore
                     ctx.origins.removeSubrange(originsBefore...)
                     books[site] = savedBook
-                    ctx.sentinels = [:]
-                    ctx.freshRows = [:]
+                    ctx.clocks = [:]
+                    ctx.dirtyClocks = []
                     ctx.pendingRows = [:]
                     outcome.rejections.append(ChangesetRejection(
                         index: index, actor: changeset.actor, versions: changeset.versions, reason: "\(error)"))
@@ -168,6 +160,12 @@ extension StoreCore {
                 do { values = try change.pk.decode() } catch { throw fail("\(change.table): \(error)") }
                 guard values.count == table.pkColumns.count, !values.contains(.null) else {
                     throw fail("malformed primary key for \(change.table): expected \(table.pkColumns.count) non-NULL values")
+                }
+                if integerKeyTables.contains(change.table) {
+                    // The row's key is its rowid, and its clock is keyed by it.
+                    guard case .integer = values[0] else {
+                        throw fail("malformed primary key for \(change.table): its key is an INTEGER PRIMARY KEY")
+                    }
                 }
                 keys.append(values)
             }
@@ -289,51 +287,36 @@ extension StoreCore {
             }
         }
         try flushPendingRows(&ctx)
-        if attributed { try recordKeys(site: origin.site, version: origin.version, keys: written) }
+        try flushClocks(&ctx)
         books[origin.site]!.applied.insert(origin.version)
         ctx.origins.append(RemoteOrigin(actor: origin.actor, timestamp: ts))
         if attributed {
-            try db.run("INSERT OR REPLACE INTO __patina_versions (site, version, last_seq, ts) VALUES (?, ?, ?, ?)",
-                       [.integer(origin.site), .integer(origin.version), .integer(lastSeq),
-                        .integer(Int64(bitPattern: ts.rawValue))])
+            try recordVersion(site: origin.site, version: origin.version, lastSeq: lastSeq, ts: ts, keys: Self.groupKeys(written))
         } else {
             books[origin.site]!.cleared.insert(origin.version)  // nothing of it survives here
         }
     }
 
-    private func sentinel(_ key: RowKey, statements st: TableStatements, ctx: inout MergeContext) throws -> Sentinel? {
-        if let cached = ctx.sentinels[key] { return cached }
-        let stmt = st.selectSentinel
-        stmt.reset()
-        stmt.bind(key.pk.bytes, at: 1)
-        var result: Sentinel?
-        if try stmt.step() {
-            result = Sentinel(cl: stmt.int64(at: 0), site: stmt.int64(at: 1), version: stmt.int64(at: 2), seq: stmt.int64(at: 3))
-        }
-        stmt.reset()
-        if result == nil {
-            // No sentinel but column clocks: a row in its first life (cl 1).
-            let any = st.selectAnyClock
-            any.reset()
-            any.bind(key.pk.bytes, at: 1)
-            if try any.step() { result = Self.impliedFirstLife }
-            any.reset()
-        }
-        ctx.sentinels[key] = result
-        return result
+    /// The clock of a row as this batch sees it (read once, then kept in ctx).
+    private func rowClock(_ key: RowKey, _ st: TableStatements, ctx: inout MergeContext) throws -> RowClock? {
+        if let cached = ctx.clocks[key] { return cached }
+        let clock = try st.readClock(key.pk)
+        ctx.clocks[key] = clock
+        return clock
     }
 
-    private func writeClock(_ st: TableStatements, pk: PackedPrimaryKey, cid: String, colVersion: Int64,
-                            version: Int64, seq: Int64, site: Int64) throws {
-        let s = st.upsertClock
-        s.reset()
-        s.bind(pk.bytes, at: 1)
-        s.bind(cid, at: 2)
-        s.bind(colVersion, at: 3)
-        s.bind(version, at: 4)
-        s.bind(seq, at: 5)
-        s.bind(site, at: 6)
-        try s.step()
+    private func setRowClock(_ key: RowKey, _ clock: RowClock, ctx: inout MergeContext) {
+        ctx.clocks[key] = clock
+        ctx.dirtyClocks.insert(key)
+    }
+
+    /// Writes the clocks this version changed: one clock row per touched row.
+    private func flushClocks(_ ctx: inout MergeContext) throws {
+        for key in ctx.dirtyClocks {
+            guard let table = tables[key.table], let clock = ctx.clocks[key] ?? nil else { continue }
+            try statements(for: table).storeClock(key.pk, clock)
+        }
+        ctx.dirtyClocks.removeAll(keepingCapacity: true)
     }
 
     private func bindKey(_ stmt: SQLiteStatement, _ key: [SQLValue]) throws {
@@ -341,49 +324,43 @@ extension StoreCore {
         for (i, v) in key.enumerated() { try stmt.bind(v, at: i + 1) }
     }
 
-    private func dropColumnClocks(_ st: TableStatements, pk: PackedPrimaryKey, ctx: inout MergeContext) throws {
-        let s = st.deleteColumnClocks
-        s.reset()
-        s.bind(pk.bytes, at: 1)
-        while try s.step() {
-            ctx.overwritten.insert(SiteVersion(site: s.int64(at: 0), version: s.int64(at: 1)))
-        }
-        s.reset()
+    /// Drops a row's column clocks (a delete or a new life of the row); the
+    /// versions that wrote them may have nothing left.
+    private func dropColumnClocks(_ clock: inout RowClock, ctx: inout MergeContext) {
+        for cell in clock.cells { if let cell { ctx.overwritten.insert(SiteVersion(site: cell.site, version: cell.version)) } }
+        clock.cells = []
     }
 
     /// The sentinel of a row whose first life (cl 1) is implied by its column
-    /// clocks: such sentinels are not stored (see ReplicatedTableDDL).
-    static let impliedFirstLife = Sentinel(cl: 1, site: -1, version: 0, seq: 0)
+    /// clocks: such sentinels are not stored (see RowClock).
+    static let impliedFirstLife = ClockEntry(colVersion: 1, site: -1, version: 0, seq: 0)
 
-    private func setSentinel(_ st: TableStatements, key: RowKey, _ new: Sentinel, replacing old: Sentinel?, ctx: inout MergeContext) throws {
-        if new.cl == 1 && new.site < 0 {
-            // Rule 4 for a first life: the column clock about to be written implies it.
-            ctx.sentinels[key] = new
-            return
-        }
-        try writeClock(st, pk: key.pk, cid: Change.sentinelColumn, colVersion: new.cl, version: new.version, seq: new.seq, site: new.site)
-        if let old, old.site >= 0 { ctx.overwritten.insert(SiteVersion(site: old.site, version: old.version)) }
-        ctx.sentinels[key] = new
+    private func setSentinel(_ clock: inout RowClock, _ new: ClockEntry, ctx: inout MergeContext) {
+        if let old = clock.sentinel, old.site >= 0 { ctx.overwritten.insert(SiteVersion(site: old.site, version: old.version)) }
+        // Rule 4 for a first life: the column clock about to be written implies it.
+        clock.sentinel = new.colVersion == 1 && new.site < 0 ? nil : new
     }
 
-    /// Merges one change; true when a clock row ends up attributed to it.
+    /// Merges one change; true when a clock ends up attributed to it.
     private func mergeChange(_ change: Change, key: [SQLValue], origin: Origin, ctx: inout MergeContext) throws -> Bool {
         guard let table = tables[change.table] else { return false }
         let st = try statements(for: table)
         let rowKey = RowKey(table: change.table, pk: change.pk)
-        let local = try sentinel(rowKey, statements: st, ctx: &ctx)
-        let localCl = local?.cl ?? 0
-        if local == nil && ctx.freshRows[rowKey] == nil { ctx.freshRows[rowKey] = [] }
+        let local = try rowClock(rowKey, st, ctx: &ctx)
+        var clock = local ?? RowClock()
+        let localCl = clock.cl
         if change.cl < localCl { return false }
         let isDelete = change.cl % 2 == 0
         if isDelete && !change.isSentinel { return false }  // a cell of a deleted row: nothing to do
 
         if change.isSentinel {
-            let incoming = Sentinel(cl: change.cl, site: origin.site, version: origin.version, seq: change.seq)
+            let incoming = ClockEntry(colVersion: change.cl, site: origin.site, version: origin.version, seq: change.seq)
             if change.cl == localCl {
                 // Rule 6: same causal length; only the attribution may move.
-                guard let local, local.site < 0 || attributionPrecedes(incoming, origin.actor, local) else { return false }
-                try setSentinel(st, key: rowKey, incoming, replacing: local, ctx: &ctx)
+                let current = clock.sentinel ?? Self.impliedFirstLife
+                guard current.site < 0 || attributionPrecedes(incoming, origin.actor, current) else { return false }
+                setSentinel(&clock, incoming, ctx: &ctx)
+                setRowClock(rowKey, clock, ctx: &ctx)
                 return true
             }
             if isDelete {
@@ -395,55 +372,45 @@ extension StoreCore {
                 ensurePending(rowKey, table: table, key: key, ctx: &ctx)
                 ctx.rows[change.table, default: [:]][change.pk] = .upsert
             }
-            try restartColumnClocks(st, rowKey, ctx: &ctx)
-            try setSentinel(st, key: rowKey, incoming, replacing: local, ctx: &ctx)
+            dropColumnClocks(&clock, ctx: &ctx)
+            setSentinel(&clock, incoming, ctx: &ctx)
+            setRowClock(rowKey, clock, ctx: &ctx)
             ctx.written += 1
             return true
         }
 
+        guard let column = st.columnIndex[change.cid] else { return false }
         var wins = false
         if change.cl > localCl {
             // Rule 4: the row is (re)created by a change that arrived before its sentinel.
             ensurePending(rowKey, table: table, key: key, ctx: &ctx)
-            try restartColumnClocks(st, rowKey, ctx: &ctx)
-            try setSentinel(st, key: rowKey, Sentinel(cl: change.cl, site: -1, version: 0, seq: 0), replacing: local, ctx: &ctx)
+            dropColumnClocks(&clock, ctx: &ctx)
+            setSentinel(&clock, ClockEntry(colVersion: change.cl, site: -1, version: 0, seq: 0), ctx: &ctx)
             wins = true
         }
         var previous: SiteVersion?
-        if !wins, let clocked = ctx.freshRows[rowKey], !clocked.contains(change.cid) {
-            wins = true  // no clock for this cell
-        }
         if !wins {
-            let s = st.selectClock
-            s.reset()
-            s.bind(change.pk.bytes, at: 1)
-            s.bind(change.cid, at: 2)
-            if try s.step() {
-                let localVersion = s.int64(at: 0)
-                let localSite = s.int64(at: 1)
-                previous = SiteVersion(site: localSite, version: s.int64(at: 2))
-                s.reset()
-                if change.colVersion != localVersion {
-                    wins = change.colVersion > localVersion
+            if let localCell = clock.cell(column) {
+                previous = SiteVersion(site: localCell.site, version: localCell.version)
+                if change.colVersion != localCell.colVersion {
+                    wins = change.colVersion > localCell.colVersion
                 } else {
                     let order = SQLValue.mergeOrder(change.val, try readCell(st, rowKey, column: change.cid, key: key, ctx: ctx))
                     if order != 0 {
                         wins = order > 0
-                    } else if let localActor = actorOfSite[localSite] {
+                    } else if let localActor = actorOfSite[localCell.site] {
                         wins = origin.actor > localActor
                     }
                 }
             } else {
-                s.reset()
-                wins = true
+                wins = true  // no clock for this cell
             }
         }
-        guard wins, table.hasColumn(change.cid) else { return false }
+        guard wins else { return false }
         ensurePending(rowKey, table: table, key: key, ctx: &ctx)
         ctx.pendingRows[rowKey]!.cells[change.cid] = change.val
-        try writeClock(st, pk: change.pk, cid: change.cid, colVersion: change.colVersion,
-                       version: origin.version, seq: change.seq, site: origin.site)
-        ctx.freshRows[rowKey]?.insert(change.cid)
+        clock.setCell(column, ClockEntry(colVersion: change.colVersion, site: origin.site, version: origin.version, seq: change.seq))
+        setRowClock(rowKey, clock, ctx: &ctx)
         if let previous { ctx.overwritten.insert(previous) }
         ctx.rows[change.table, default: [:]][change.pk] = .upsert
         ctx.written += 1
@@ -452,13 +419,6 @@ extension StoreCore {
 
     private func ensurePending(_ rowKey: RowKey, table: TableInfo, key: [SQLValue], ctx: inout MergeContext) {
         if ctx.pendingRows[rowKey] == nil { ctx.pendingRows[rowKey] = PendingRow(table: table, key: key) }
-    }
-
-    /// Drops a row's column clocks (a delete or a new life of the row).
-    private func restartColumnClocks(_ st: TableStatements, _ rowKey: RowKey, ctx: inout MergeContext) throws {
-        if let clocked = ctx.freshRows[rowKey], clocked.isEmpty { return }  // nothing to drop
-        try dropColumnClocks(st, pk: rowKey.pk, ctx: &ctx)
-        ctx.freshRows[rowKey] = []
     }
 
     /// Writes the winning cells of each touched row with one upsert per row.
@@ -473,7 +433,7 @@ extension StoreCore {
         ctx.pendingRows.removeAll(keepingCapacity: true)
     }
 
-    private func attributionPrecedes(_ incoming: Sentinel, _ incomingActor: ActorID, _ local: Sentinel) -> Bool {
+    private func attributionPrecedes(_ incoming: ClockEntry, _ incomingActor: ActorID, _ local: ClockEntry) -> Bool {
         guard let localActor = actorOfSite[local.site] else { return true }
         if incomingActor != localActor { return incomingActor < localActor }
         if incoming.version != local.version { return incoming.version < local.version }
@@ -496,7 +456,6 @@ extension StoreCore {
             if try !isAlive(site: sv.site, version: sv.version) {
                 books[sv.site]!.cleared.insert(sv.version)
                 try db.run("DELETE FROM __patina_versions WHERE site = ? AND version = ?", [.integer(sv.site), .integer(sv.version)])
-                try dropKeys(site: sv.site, versions: sv.version...sv.version)
                 ctx.touchedSites.insert(sv.site)
             }
         }

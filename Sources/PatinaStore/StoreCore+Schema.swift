@@ -19,7 +19,7 @@ extension StoreCore {
     func apply(_ schema: ParsedSchema) throws -> SchemaReport {
         var report = SchemaReport()
         var statements: [String] = []
-        var retriggered: [TableInfo] = []
+        var created: [TableInfo] = []
         let newNames = Set(schema.tables.map(\.name))
         for name in tables.keys.sorted() where !newNames.contains(name) {
             throw SchemaError(table: name, "was dropped from the schema files; dropping a replicated table is a destructive change and is refused")
@@ -32,8 +32,7 @@ extension StoreCore {
                     throw SchemaError(table: table.name, "already exists in the database as a table or index that is not replicated")
                 }
                 statements.append(table.sql + ";")
-                statements.append(ReplicatedTableDDL.clockTable(info))
-                statements.append(ReplicatedTableDDL.triggers(info))
+                created.append(info)
                 report.createdTables.append(table.name)
                 continue
             }
@@ -62,7 +61,6 @@ extension StoreCore {
                 statements.append("ALTER TABLE \(quoteIdentifier(table.name)) ADD COLUMN \(column.definitionSQL);")
                 report.addedColumns.append("\(table.name).\(column.name)")
             }
-            if !added.isEmpty { retriggered.append(info) }
         }
         for index in schema.indexes {
             if try db.scalar("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?", [.text(index.name)]) == .integer(0) {
@@ -73,9 +71,11 @@ extension StoreCore {
         if statements.isEmpty { return report }
         try inTransaction {
             for sql in statements { try db.execute(sql) }
-            for info in retriggered {
-                try db.execute(ReplicatedTableDDL.dropTriggers(info))
-                try db.execute(ReplicatedTableDDL.triggers(info))
+            // The clock's key type depends on the created table (a rowid alias or not).
+            for info in created {
+                let integerKey = try ReplicatedTableDDL.hasRowidKey(info.name, pkCount: info.pkColumns.count, in: db)
+                try db.execute(ReplicatedTableDDL.clockTable(info, integerKey: integerKey))
+                try db.execute(ReplicatedTableDDL.guardTriggers(info))
             }
         }
         try loadTables()

@@ -5,9 +5,9 @@ import PatinaCore
 /// The store's single-threaded core: one writer connection and the in-memory
 /// mirror of its bookkeeping. ``Store`` serializes every call into it.
 final class StoreCore {
-    /// "patina/2": first-life sentinels omitted (see ReplicatedTableDDL); files
-    /// of "patina/1" are refused.
-    static let formatTag = "patina/2"
+    /// "patina/3": one clock row per data row, captured by the preupdate hook
+    /// (see RowClock and CaptureFunctions); files of older formats are refused.
+    static let formatTag = "patina/3"
 
     let path: String
     let db: SQLiteConnection
@@ -23,8 +23,13 @@ final class StoreCore {
     var listeners: [Int: @Sendable (CommitEvent) -> Void] = [:]
     var nextListenerID = 0
     var tableStatements: [String: TableStatements] = [:]
+    /// Tables whose clock is keyed by their integer key (ReplicatedTableDDL.clockTable).
+    var integerKeyTables: Set<String> = []
+    /// Per table, the literal DEFAULT of each non-key column (see constantDefault).
+    var columnDefaults: [String: [SQLValue?]] = [:]
     /// Prepared user statements, by SQL text (see prepareUserStatement).
     var userStatements: [String: SQLiteStatement] = [:]
+    var lastUserStatement: (sql: String, statement: SQLiteStatement)?
     var now: () -> UInt64 = { UInt64(Date().timeIntervalSince1970 * 1000) }
     let lock: DatabaseLock
 
@@ -38,6 +43,7 @@ final class StoreCore {
             throw StoreOpenError(path: path, reason: error.message)
         }
         CaptureFunctions.register(on: db.handle, state: capture)
+        CaptureFunctions.installCapture(on: db.handle, state: capture)
         deadline.install(on: db.handle)
         do {
             try openOrInitialize()
@@ -69,7 +75,11 @@ final class StoreCore {
                     throw StoreOpenError(path: path, reason: "the database is corrupt: \(check.prefix(3).map { "\($0[0])" }.joined(separator: "; "))")
                 }
             }
-            guard try db.scalar("SELECT value FROM __patina_meta WHERE key = 'format'") == .text(Self.formatTag) else {
+            let format = try db.scalar("SELECT value FROM __patina_meta WHERE key = 'format'")
+            guard format == .text(Self.formatTag) else {
+                if case .text(let old)? = format, old.hasPrefix("patina/") {
+                    throw StoreOpenError(path: path, reason: "unknown Patina database format \(old) (this build reads \(Self.formatTag) only): recreate the node's database and let sync refill it")
+                }
                 throw StoreOpenError(path: path, reason: "unknown Patina database format")
             }
             guard case .blob(let bytes) = try db.scalar("SELECT value FROM __patina_meta WHERE key = 'actor_id'"),
@@ -92,8 +102,8 @@ final class StoreCore {
     }
 
     /// Durable across a process crash (WAL, synchronous NORMAL); a page cache big
-    /// enough for the clock tables and `__patina_keys`, which a replicated write
-    /// touches once per changed cell and once per version.
+    /// enough for the clock tables and `__patina_versions`, which a replicated
+    /// write touches once per row and once per version.
     static let performancePragmas = "PRAGMA synchronous = NORMAL; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
 
     /// Only once the file is known to be ours: WAL changes the file header.
@@ -112,14 +122,12 @@ final class StoreCore {
             CREATE TABLE __patina_cleared (site INTEGER NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
                 PRIMARY KEY (site, start)) WITHOUT ROWID;
             CREATE TABLE __patina_versions (site INTEGER NOT NULL, version INTEGER NOT NULL, last_seq INTEGER NOT NULL,
-                ts INTEGER NOT NULL, PRIMARY KEY (site, version)) WITHOUT ROWID;
+                ts INTEGER NOT NULL, keys BLOB NOT NULL, PRIMARY KEY (site, version)) WITHOUT ROWID;
             CREATE TABLE __patina_partials (site INTEGER NOT NULL, version INTEGER NOT NULL, last_seq INTEGER NOT NULL,
                 ts INTEGER NOT NULL, seqs TEXT NOT NULL, PRIMARY KEY (site, version)) WITHOUT ROWID;
             CREATE TABLE __patina_buffer (site INTEGER NOT NULL, version INTEGER NOT NULL, seq INTEGER NOT NULL,
                 tbl TEXT NOT NULL, pk BLOB NOT NULL, cid TEXT NOT NULL, val, col_version INTEGER NOT NULL, cl INTEGER NOT NULL);
             CREATE INDEX __patina_buffer_version ON __patina_buffer (site, version);
-            CREATE TABLE __patina_keys (site INTEGER NOT NULL, version INTEGER NOT NULL, tbl TEXT NOT NULL,
-                pks BLOB NOT NULL, PRIMARY KEY (site, version, tbl)) WITHOUT ROWID;
             CREATE TABLE __patina_members (actor BLOB PRIMARY KEY, address TEXT NOT NULL, state TEXT NOT NULL,
                 rtt_ms REAL, updated_at INTEGER NOT NULL) WITHOUT ROWID;
             COMMIT;
@@ -136,11 +144,16 @@ final class StoreCore {
         try inTransaction {
             guard case .integer(let maxSite) = try db.scalar("SELECT max(ordinal) FROM __patina_sites") else { return }
             let moved = maxSite + 1
+            // Local bookkeeping is derived at load (see loadState); the moved site needs it written.
+            let head = try localHead()
+            try db.run("DELETE FROM __patina_bookkeeping WHERE site = 0")
+            if head > 0 { try db.run("INSERT INTO __patina_bookkeeping (site, start, \"end\") VALUES (0, 1, ?)", [.integer(head)]) }
             try db.run("UPDATE __patina_sites SET actor = ? WHERE ordinal = 0", [.blob(fresh.bytes)])
             try db.run("INSERT INTO __patina_sites (ordinal, actor) VALUES (?, ?)", [.integer(moved), .blob(previous.bytes)])
             let clocks = try db.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB '*__patina_clock'")
-            var tables = clocks.compactMap { row -> String? in if case .text(let n) = row[0] { return n } else { return nil } }
-            tables += ["__patina_bookkeeping", "__patina_cleared", "__patina_versions", "__patina_partials", "__patina_buffer", "__patina_keys"]
+            let clockTables = clocks.compactMap { row -> String? in if case .text(let n) = row[0] { return n } else { return nil } }
+            for table in clockTables { try moveLocalClocks(clockTable: table, to: moved) }
+            let tables = ["__patina_bookkeeping", "__patina_cleared", "__patina_versions", "__patina_partials", "__patina_buffer"]
             for table in tables {
                 try db.run("UPDATE \(quoteIdentifier(table)) SET site = ? WHERE site = 0", [.integer(moved)])
             }
@@ -148,6 +161,40 @@ final class StoreCore {
             try db.run("DELETE FROM __patina_meta WHERE key = 'needs_identity'")
         }
         actorID = fresh
+    }
+
+    /// The highest version of this node (site 0): listed, cleared or in persisted bookkeeping.
+    private func localHead() throws -> Int64 {
+        var head: Int64 = 0
+        for sql in ["SELECT max(version) FROM __patina_versions WHERE site = 0",
+                    "SELECT max(\"end\") FROM __patina_cleared WHERE site = 0",
+                    "SELECT max(\"end\") FROM __patina_bookkeeping WHERE site = 0"] {
+            if case .integer(let v)? = try db.scalar(sql) { head = max(head, v) }
+        }
+        return head
+    }
+
+    /// Re-attributes the clocks of site 0 to `moved`: compact rows in SQL,
+    /// explicit ones (packed entries) decoded and rewritten.
+    private func moveLocalClocks(clockTable: String, to moved: Int64) throws {
+        let name = quoteIdentifier(clockTable)
+        try db.run("UPDATE \(name) SET site = ? WHERE site = 0", [.integer(moved)])
+        var rewritten: [(SQLValue, [UInt8])] = []
+        for row in try db.query("SELECT pk, cells FROM \(name) WHERE typeof(cells) = 'blob'") {
+            guard case .blob(let bytes) = row[1] else { continue }
+            var clock = try RowClock(.explicit(bytes))
+            var changed = false
+            if clock.sentinel?.site == 0 { clock.sentinel!.site = moved; changed = true }
+            for i in clock.cells.indices where clock.cells[i]?.site == 0 {
+                clock.cells[i]!.site = moved
+                changed = true
+            }
+            guard changed, case .explicit(let out) = clock.stored else { continue }
+            rewritten.append((row[0], out))
+        }
+        for (pk, bytes) in rewritten {
+            try db.run("UPDATE \(name) SET cells = ? WHERE pk = ?", [.blob(bytes), pk])
+        }
     }
 
     private func loadState() throws {
@@ -171,6 +218,10 @@ final class StoreCore {
             else { continue }
             books[site, default: ActorBookkeeping()].partials[v] = (Self.decodeRanges(seqs), last)
         }
+        // This node's versions are 1...head with no gaps; commits do not rewrite the
+        // range (one page less per commit), so it is derived here.
+        let head = try localHead()
+        if head > 0 { books[0, default: ActorBookkeeping()].applied.insert(1...head) }
         if case .integer(let maxTs) = try db.scalar("SELECT max(ts) FROM __patina_versions") {
             hlc.observe(HybridTimestamp(rawValue: UInt64(bitPattern: maxTs)))
         }
@@ -180,8 +231,11 @@ final class StoreCore {
     /// Replicated tables are those with a clock table.
     func loadTables() throws {
         tables = [:]
+        integerKeyTables = []
+        capture.watched = []
         tableStatements = [:]
         userStatements = [:]
+        lastUserStatement = nil
         db.clearStatementCache()
         let names = try db.query(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '%__patina%' AND name NOT LIKE 'sqlite_%'")
@@ -190,11 +244,26 @@ final class StoreCore {
             let clock = name + "__patina_clock"
             guard try db.scalar("SELECT count(*) FROM sqlite_master WHERE name = ?", [.text(clock)]) == .integer(1) else { continue }
             let columns = try ParsedSchema.columnInfo(of: name, in: db)
-            tables[name] = TableInfo(
+            let info = TableInfo(
                 name: name,
                 pkColumns: columns.filter { $0.pkIndex > 0 }.sorted { $0.pkIndex < $1.pkIndex }.map(\.name),
                 columns: columns.filter { $0.pkIndex == 0 }.map(\.name))
+            tables[name] = info
+            let integerKey = try ReplicatedTableDDL.clockHasIntegerKey(info, in: db)
+            if integerKey { integerKeyTables.insert(name) }
+            capture.watched.append(CapturedTable(table: info, declarationOrder: columns.map(\.name), rowidKey: integerKey))
+            columnDefaults[name] = try columns.filter { $0.pkIndex == 0 }.map { try constantDefault($0.defaultSQL) }
         }
+    }
+
+    /// The value of a literal DEFAULT (what a row written before its column was
+    /// added reads as); nil for none or an expression.
+    private func constantDefault(_ sql: String?) throws -> SQLValue? {
+        guard let sql, let first = sql.first else { return nil }
+        let literal = first == "'" || first == "-" || first == "+" || first.isNumber
+            || sql.uppercased().hasPrefix("X'") || ["NULL", "TRUE", "FALSE"].contains(sql.uppercased())
+        guard literal else { return nil }
+        return try db.scalar("SELECT " + sql)
     }
 
     // MARK: Sites and bookkeeping persistence

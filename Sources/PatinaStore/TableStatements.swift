@@ -3,40 +3,31 @@ import PatinaCore
 /// The prepared statements the store runs against one replicated table.
 final class TableStatements {
     let selectRow: String
-    let selectSentinel: SQLiteStatement
+    /// A row's clock: site, db_version, seq, cells (see ``RowClock/Stored``).
     let selectClock: SQLiteStatement
-    /// Whether a row has any clock row (a first life has no sentinel).
-    let selectAnyClock: SQLiteStatement
-    /// Every clock row of a row: cid, col_version, db_version, seq, site.
-    let selectRowClocks: SQLiteStatement
-    /// Whether a row has a clock row attributed to (site, version).
-    let selectAttributed: SQLiteStatement
-    let upsertClock: SQLiteStatement
-    let deleteColumnClocks: SQLiteStatement
+    let writeClock: SQLiteStatement
+    let deleteClock: SQLiteStatement
     let deleteRow: SQLiteStatement
     /// Per column: a read of that one cell.
     let selectCell: [String: SQLiteStatement]
     /// Upserts of a row's key and some of its cells, by the set of cells.
     private var upserts: [[String]: SQLiteStatement] = [:]
+    private var batchInserts: [Int: SQLiteStatement] = [:]
+    private let db: SQLiteConnection
     private let table: TableInfo
     let columnIndex: [String: Int]
+    /// The clock table is keyed by the row's integer key rather than its packed
+    /// form (see ReplicatedTableDDL.clockTable).
+    let integerKey: Bool
 
-    init(table t: TableInfo, db: SQLiteConnection) throws {
+    init(table t: TableInfo, integerKey: Bool, db: SQLiteConnection) throws {
         let table = quoteIdentifier(t.name)
         let clock = quoteIdentifier(t.clockTable)
         let keyMatch = t.pkColumns.enumerated().map { "\(quoteIdentifier($1)) = ?\($0 + 1)" }.joined(separator: " AND ")
         selectRow = "SELECT \(t.columns.map(quoteIdentifier).joined(separator: ", ")) FROM \(table) WHERE \(keyMatch)"
-        selectSentinel = try db.prepare("SELECT col_version, site, db_version, seq FROM \(clock) WHERE pk = ? AND cid = '-1'")
-        selectAnyClock = try db.prepare("SELECT 1 FROM \(clock) WHERE pk = ? LIMIT 1")
-        selectRowClocks = try db.prepare("SELECT cid, col_version, db_version, seq, site FROM \(clock) WHERE pk = ?")
-        selectAttributed = try db.prepare("SELECT 1 FROM \(clock) WHERE pk = ?1 AND site = ?2 AND db_version = ?3 LIMIT 1")
-        selectClock = try db.prepare("SELECT col_version, site, db_version FROM \(clock) WHERE pk = ? AND cid = ?")
-        upsertClock = try db.prepare("""
-            INSERT INTO \(clock) (pk, cid, col_version, db_version, seq, site) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-            ON CONFLICT (pk, cid) DO UPDATE SET col_version = excluded.col_version, db_version = excluded.db_version,
-              seq = excluded.seq, site = excluded.site
-            """)
-        deleteColumnClocks = try db.prepare("DELETE FROM \(clock) WHERE pk = ? AND cid != '-1' RETURNING site, db_version")
+        selectClock = try db.prepare("SELECT site, db_version, seq, cells FROM \(clock) WHERE pk = ?1")
+        writeClock = try db.prepare("INSERT OR REPLACE INTO \(clock) (pk, site, db_version, seq, cells) VALUES (?1, ?2, ?3, ?4, ?5)")
+        deleteClock = try db.prepare("DELETE FROM \(clock) WHERE pk = ?1")
         deleteRow = try db.prepare("DELETE FROM \(table) WHERE \(keyMatch)")
         var selects: [String: SQLiteStatement] = [:]
         for column in t.columns {
@@ -44,7 +35,98 @@ final class TableStatements {
         }
         selectCell = selects
         self.table = t
+        self.db = db
+        self.integerKey = integerKey
         columnIndex = Dictionary(uniqueKeysWithValues: t.columns.enumerated().map { ($1, $0) })
+    }
+
+    /// Binds a row's clock key: its packed key, or the integer of an integer-keyed table.
+    func bindClockKey(_ stmt: SQLiteStatement, _ pk: PackedPrimaryKey, at index: Int = 1) throws {
+        if integerKey {
+            guard let v = Self.singleInteger(pk.bytes) else {
+                throw RowClock.MalformedClock()  // validated keys of an integer key are integers
+            }
+            stmt.bind(v, at: index)
+        } else {
+            stmt.bind(pk.bytes, at: index)
+        }
+    }
+
+    /// The integer of a packed one-integer key (``PackedPrimaryKey``), or nil.
+    static func singleInteger(_ bytes: [UInt8]) -> Int64? {
+        guard bytes.count >= 2, bytes[0] == 1, bytes[1] & 7 == 1 else { return nil }
+        let n = Int(bytes[1] >> 3)
+        guard n <= 8, bytes.count == 2 + n else { return nil }
+        if n == 0 { return 0 }
+        var u: UInt64 = bytes[2] >= 0x80 ? ~0 : 0  // sign extension
+        for k in 0..<n { u = u << 8 | UInt64(bytes[2 + k]) }
+        return Int64(bitPattern: u)
+    }
+
+    /// The clock of one row, or nil when it has none.
+    func readClock(_ pk: PackedPrimaryKey) throws -> RowClock? {
+        let s = selectClock
+        s.reset()
+        try bindClockKey(s, pk)
+        defer { s.reset() }
+        guard try s.step() else { return nil }
+        return try Self.clock(from: s, at: 0)
+    }
+
+    /// Decodes the stored columns `site, db_version, seq, cells` starting at `column`.
+    static func clock(from s: SQLiteStatement, at column: Int) throws -> RowClock {
+        if case .blob(let bytes) = s.value(at: column + 3) { return try RowClock(.explicit(bytes)) }
+        return try RowClock(.compact(site: s.int64(at: column), version: s.int64(at: column + 1),
+                                     seq: s.int64(at: column + 2), count: s.int64(at: column + 3)))
+    }
+
+    /// Stores a row's clock; an empty one deletes the clock row.
+    func storeClock(_ pk: PackedPrimaryKey, _ clock: RowClock) throws {
+        if clock.isEmpty {
+            deleteClock.reset()
+            try bindClockKey(deleteClock, pk)
+            try deleteClock.step()
+            deleteClock.reset()
+            return
+        }
+        let s = writeClock
+        s.reset()
+        try bindClockKey(s, pk)
+        try Self.bindStored(s, clock.stored)
+        try s.step()
+        s.reset()
+    }
+
+    /// Binds the stored form as the four parameters after the key at `keyIndex`.
+    static func bindStored(_ s: SQLiteStatement, _ stored: RowClock.Stored, at keyIndex: Int = 1) throws {
+        switch stored {
+        case .compact(let site, let version, let seq, let count):
+            s.bind(site, at: keyIndex + 1)
+            s.bind(version, at: keyIndex + 2)
+            s.bind(seq, at: keyIndex + 3)
+            s.bind(count, at: keyIndex + 4)
+        case .explicit(let bytes):
+            try s.bind(.null, at: keyIndex + 1)
+            try s.bind(.null, at: keyIndex + 2)
+            try s.bind(.null, at: keyIndex + 3)
+            s.bind(bytes, at: keyIndex + 4)
+        }
+    }
+
+    /// Rows per statement of the batched clock inserts, largest first: powers
+    /// of two, so any batch takes few statements and few are ever prepared
+    /// (3 + 2 × 128 parameters stays under SQLite's historical 999).
+    static let batchSizes = [128, 64, 32, 16, 8, 4, 2, 1]
+
+    /// Compact first-life clocks of `rows` rows in one statement: ?1 site,
+    /// ?2 db_version, ?3 cell count (shared), then per row k its key at
+    /// ?(4 + 2k) and seq at ?(5 + 2k).
+    func insertFirstLifeClocks(rows: Int) throws -> SQLiteStatement {
+        if let s = batchInserts[rows] { return s }
+        let values = (0..<rows).map { "(?\(4 + 2 * $0), ?1, ?2, ?\(5 + 2 * $0), ?3)" }.joined(separator: ", ")
+        let s = try db.prepare("INSERT INTO \(quoteIdentifier(table.clockTable)) (pk, site, db_version, seq, cells) VALUES \(values) ON CONFLICT (pk) DO NOTHING")
+        batchInserts[rows] = s
+        return s
     }
 }
 
@@ -73,7 +155,7 @@ extension TableStatements {
 extension StoreCore {
     func statements(for table: TableInfo) throws -> TableStatements {
         if let s = tableStatements[table.name] { return s }
-        let s = try TableStatements(table: table, db: db)
+        let s = try TableStatements(table: table, integerKey: integerKeyTables.contains(table.name), db: db)
         tableStatements[table.name] = s
         return s
     }

@@ -1,16 +1,19 @@
 import PatinaCore
 
-/// `__patina_keys`: for each version of each actor, per table, the packed keys
-/// of the rows it wrote — one row per (site, version, table), written once per
-/// transaction or merged version.
+/// The keys a version wrote: for each version of each actor, per table, the
+/// packed keys of the rows it wrote, kept in the `keys` column of that
+/// version's `__patina_versions` row (written once per transaction or merged
+/// version, in the same insert as the version itself).
 ///
-/// It replaces an index on the clock tables' `(site, db_version)`: that index
-/// cost every replicated cell a second B-tree insert, while this costs one row
-/// per version. Readers find a version's cells by looking up the listed rows'
-/// clocks and keeping those still attributed to the version; the list may hold
-/// rows whose cells were overwritten since (or lost the merge), never miss one.
+/// They replace an index on the clocks' `(site, db_version)`: that index cost
+/// every replicated row a second B-tree insert, while this costs nothing per
+/// row beyond a few bytes. Readers find a version's cells by looking up the
+/// listed rows' clocks and keeping the entries still attributed to the
+/// version; the list may hold rows whose cells were overwritten since (or lost
+/// the merge), never misses one. A cleared version's row goes, keys and all.
 ///
-/// `pks`: the keys concatenated, each preceded by its length as 4 big-endian bytes.
+/// Encoding: per table, the name's UTF-8 length (4 big-endian bytes), the name,
+/// the length of its key list (4 bytes), then the list (``KeyList``).
 extension StoreCore {
     struct VersionKeysEntry {
         var version: Int64
@@ -18,86 +21,86 @@ extension StoreCore {
         var pks: [[UInt8]]
     }
 
-    static func encodeKeys(_ pks: [[UInt8]]) -> [UInt8] {
+    static func appendKey(_ pk: [UInt8], to out: inout [UInt8]) {
+        withUnsafeBytes(of: UInt32(pk.count).bigEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: pk)
+    }
+
+    /// The `keys` column from per-table key lists.
+    static func encodeVersionKeys(_ byTable: [String: KeyList]) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(pks.reduce(0) { $0 + 4 + $1.count })
-        for pk in pks {
-            let n = UInt32(pk.count)
-            out.append(UInt8(truncatingIfNeeded: n >> 24))
-            out.append(UInt8(truncatingIfNeeded: n >> 16))
-            out.append(UInt8(truncatingIfNeeded: n >> 8))
-            out.append(UInt8(truncatingIfNeeded: n))
-            out += pk
+        for (table, list) in byTable.sorted(by: { $0.key < $1.key }) where !list.bytes.isEmpty {
+            appendKey(Array(table.utf8), to: &out)
+            appendKey(list.bytes, to: &out)
         }
         return out
     }
 
-    static func decodeKeys(_ bytes: [UInt8]) -> [[UInt8]] {
-        var pks: [[UInt8]] = []
+    static func decodeVersionKeys(_ bytes: [UInt8]) -> [(table: String, pks: [[UInt8]])] {
+        var out: [(String, [[UInt8]])] = []
         var i = 0
-        while i + 4 <= bytes.count {
+        func next() -> [UInt8]? {
+            guard i + 4 <= bytes.count else { return nil }
             let n = Int(bytes[i]) << 24 | Int(bytes[i + 1]) << 16 | Int(bytes[i + 2]) << 8 | Int(bytes[i + 3])
             i += 4
-            guard i + n <= bytes.count else { break }
-            pks.append(Array(bytes[i..<(i + n)]))
-            i += n
+            guard i + n <= bytes.count else { return nil }
+            defer { i += n }
+            return Array(bytes[i..<(i + n)])
         }
-        return pks
+        while let name = next(), let pks = next() {
+            out.append((String(decoding: name, as: UTF8.self), KeyList.decode(pks)))
+        }
+        return out
     }
 
-    /// Records the rows `version` of `site` wrote, by table.
-    func recordKeys(site: Int64, version: Int64, keys: [(table: String, pk: [UInt8])]) throws {
-        // Readers skip repeats; dropping the consecutive ones (cells of one row) keeps it short.
-        var byTable: [String: [[UInt8]]] = [:]
+    /// The rows written by a merged version, by table (consecutive repeats, the
+    /// cells of one row, dropped; readers skip any other repeat).
+    static func groupKeys(_ keys: [(table: String, pk: [UInt8])]) -> [String: KeyList] {
+        var byTable: [String: KeyList] = [:]
         var last: (table: String, pk: [UInt8])?
         for k in keys {
             if let last, last.table == k.table, last.pk == k.pk { continue }
-            byTable[k.table, default: []].append(k.pk)
+            byTable[k.table, default: KeyList()].append(k.pk)
             last = k
         }
-        let stmt = try db.cached("INSERT OR REPLACE INTO __patina_keys (site, version, tbl, pks) VALUES (?, ?, ?, ?)")
-        for (table, pks) in byTable {
-            stmt.reset()
-            stmt.bind(site, at: 1)
-            stmt.bind(version, at: 2)
-            stmt.bind(table, at: 3)
-            stmt.bind(Self.encodeKeys(pks), at: 4)
-            try stmt.step()
-        }
+        return byTable
+    }
+
+    /// Records a version that wrote something: its last seq, timestamp and keys.
+    func recordVersion(site: Int64, version: Int64, lastSeq: Int64, ts: HybridTimestamp, keys: [String: KeyList]) throws {
+        let stmt = try db.cached("INSERT OR REPLACE INTO __patina_versions (site, version, last_seq, ts, keys) VALUES (?, ?, ?, ?, ?)")
+        stmt.bind(site, at: 1)
+        stmt.bind(version, at: 2)
+        stmt.bind(lastSeq, at: 3)
+        stmt.bind(Int64(bitPattern: ts.rawValue), at: 4)
+        stmt.bind(Self.encodeVersionKeys(keys), at: 5)
+        try stmt.step()
         stmt.reset()
     }
 
     func keys(site: Int64, versions: ClosedRange<Int64>) throws -> [VersionKeysEntry] {
-        let stmt = try db.cached("SELECT version, tbl, pks FROM __patina_keys WHERE site = ? AND version BETWEEN ? AND ?")
+        let stmt = try db.cached("SELECT version, keys FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?")
         stmt.bind(site, at: 1)
         stmt.bind(versions.lowerBound, at: 2)
         stmt.bind(versions.upperBound, at: 3)
         var entries: [VersionKeysEntry] = []
         while try stmt.step() {
-            entries.append(VersionKeysEntry(version: stmt.int64(at: 0), table: stmt.string(at: 1), pks: Self.decodeKeys(stmt.bytes(at: 2))))
+            let version = stmt.int64(at: 0)
+            for (table, pks) in Self.decodeVersionKeys(stmt.bytes(at: 1)) {
+                entries.append(VersionKeysEntry(version: version, table: table, pks: pks))
+            }
         }
         stmt.reset()
         return entries
-    }
-
-    func dropKeys(site: Int64, versions: ClosedRange<Int64>) throws {
-        try db.run("DELETE FROM __patina_keys WHERE site = ? AND version BETWEEN ? AND ?",
-                   [.integer(site), .integer(versions.lowerBound), .integer(versions.upperBound)])
     }
 
     /// Whether any clock row is still attributed to `version` of `site`.
     func isAlive(site: Int64, version: Int64) throws -> Bool {
         for entry in try keys(site: site, versions: version...version) {
             guard let table = tables[entry.table] else { continue }
-            let stmt = try statements(for: table).selectAttributed
+            let st = try statements(for: table)
             for pk in entry.pks {
-                stmt.reset()
-                stmt.bind(pk, at: 1)
-                stmt.bind(site, at: 2)
-                stmt.bind(version, at: 3)
-                let found = try stmt.step()
-                stmt.reset()
-                if found { return true }
+                if try st.readClock(PackedPrimaryKey(bytes: pk))?.isAttributed(site: site, version: version) == true { return true }
             }
         }
         return false
@@ -126,20 +129,14 @@ extension StoreCore {
         of table: TableInfo, _ st: TableStatements, pk: PackedPrimaryKey, site: Int64, versions: ClosedRange<Int64>,
         to byVersion: inout [Int64: [Change]]
     ) throws {
-        let stmt = st.selectRowClocks
-        stmt.reset()
-        stmt.bind(pk.bytes, at: 1)
-        var cl: Int64 = 1  // no sentinel: the row's first life
+        guard let clock = try st.readClock(pk) else { return }
+        let cl = clock.cl
         var matches: [(cid: String, colVersion: Int64, version: Int64, seq: Int64)] = []
-        while try stmt.step() {
-            let cid = stmt.string(at: 0)
-            if cid == Change.sentinelColumn { cl = stmt.int64(at: 1) }
-            let version = stmt.int64(at: 2)
-            if stmt.int64(at: 4) == site && versions.contains(version) {
-                matches.append((cid, stmt.int64(at: 1), version, stmt.int64(at: 3)))
-            }
+        clock.forEachEntry { column, e in
+            guard e.site == site && versions.contains(e.version) else { return }
+            if let column, column >= table.columns.count { return }  // no such column
+            matches.append((column.map { table.columns[$0] } ?? Change.sentinelColumn, e.colVersion, e.version, e.seq))
         }
-        stmt.reset()
         if matches.isEmpty { return }
         var values: [SQLValue]?
         for m in matches {
@@ -151,5 +148,81 @@ extension StoreCore {
             byVersion[m.version, default: []].append(
                 Change(table: table.name, pk: pk, cid: m.cid, val: val, colVersion: m.colVersion, seq: m.seq, cl: cl))
         }
+    }
+
+    /// See ``Store/clockRows(_:)``.
+    func clockRows(_ name: String) throws -> [[SQLValue]] {
+        guard let table = tables[name] else { return [] }
+        let st = try statements(for: table)
+        let stmt = try db.prepare("SELECT pk, site, db_version, seq, cells FROM \(quoteIdentifier(table.clockTable))")
+        var out: [(pk: [UInt8], cid: String, row: [SQLValue])] = []
+        while try stmt.step() {
+            let pk: [UInt8] = st.integerKey ? packInteger(stmt.int64(at: 0)) { Array($0) } : stmt.bytes(at: 0)
+            let clock = try TableStatements.clock(from: stmt, at: 1)
+            clock.forEachEntry { column, e in
+                let cid = column.map { $0 < table.columns.count ? table.columns[$0] : "#\($0)" } ?? Change.sentinelColumn
+                let actor: SQLValue = e.site < 0 ? .null : actorOfSite[e.site].map { .blob($0.bytes) } ?? .null
+                out.append((pk, cid, [.blob(pk), .text(cid), .integer(e.colVersion), actor, .integer(e.version), .integer(e.seq)]))
+            }
+        }
+        return out.sorted { $0.pk != $1.pk ? $0.pk.lexicographicallyPrecedes($1.pk) : $0.cid.utf8.lexicographicallyPrecedes($1.cid.utf8) }.map(\.row)
+    }
+}
+
+/// The keys of one table's rows in a version's list, compact because a
+/// version's row is written on every commit: each key starts with an unsigned
+/// LEB128 varint `h`. Odd `h`: a one-integer key, `(h - 1) / 2` the zigzag of
+/// its difference from the previous integer key of the list (consecutive ids
+/// take one byte each). Even `h`: `h / 2` bytes of a packed key follow.
+struct KeyList {
+    var bytes: [UInt8] = []
+    private var last: Int64 = 0
+
+    mutating func append(_ pk: [UInt8]) {
+        // (A difference whose zigzag needs all 64 bits is stored as bytes.)
+        if let v = TableStatements.singleInteger(pk), case let z = UInt64(bitPattern: ((v &- last) << 1) ^ ((v &- last) >> 63)), z >> 63 == 0 {
+            last = v
+            Self.appendUnsigned(z << 1 | 1, to: &bytes)
+        } else {
+            Self.appendUnsigned(UInt64(pk.count) << 1, to: &bytes)
+            bytes.append(contentsOf: pk)
+        }
+    }
+
+    static func decode(_ bytes: [UInt8]) -> [[UInt8]] {
+        var pks: [[UInt8]] = []
+        var i = 0
+        var last: Int64 = 0
+        while i < bytes.count {
+            var h: UInt64 = 0
+            var shift: UInt64 = 0
+            while i < bytes.count, shift < 64 {
+                let b = bytes[i]
+                i += 1
+                h |= UInt64(b & 0x7f) << shift
+                if b < 0x80 { break }
+                shift += 7
+            }
+            if h & 1 == 1 {
+                let z = h >> 1
+                last = last &+ (Int64(bitPattern: z >> 1) ^ -Int64(bitPattern: z & 1))
+                pks.append(packInteger(last) { Array($0) })
+            } else {
+                let n = Int(h >> 1)
+                guard i + n <= bytes.count else { break }
+                pks.append(Array(bytes[i..<(i + n)]))
+                i += n
+            }
+        }
+        return pks
+    }
+
+    private static func appendUnsigned(_ value: UInt64, to out: inout [UInt8]) {
+        var u = value
+        while u >= 0x80 {
+            out.append(UInt8(truncatingIfNeeded: u) | 0x80)
+            u >>= 7
+        }
+        out.append(UInt8(u))
     }
 }

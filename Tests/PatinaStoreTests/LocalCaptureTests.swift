@@ -168,6 +168,85 @@ import Testing
         #expect(last.contains { $0.isSentinel && $0.cl == 3 })
         #expect(try store.rows().count == 8)
     }
+
+    /// A version's key list: integer keys as deltas, any other key as bytes.
+    @Test func versionKeyListsRoundTrip() {
+        let keys: [PackedPrimaryKey] = [
+            pk(.integer(5)), pk(.integer(6)), pk(.integer(-1_000_000)), pk(.integer(.max)), pk(.integer(.min)),
+            pk(.text("a")), pk(.integer(7)), pk(.integer(1), .text("x")), pk(.blob([0, 1])), pk(.integer(0)),
+        ]
+        var list = KeyList()
+        for key in keys { list.append(key.bytes) }
+        #expect(KeyList.decode(list.bytes) == keys.map(\.bytes))
+        let encoded = StoreCore.encodeVersionKeys(["t": list, "u": KeyList()])
+        #expect(StoreCore.decodeVersionKeys(encoded).map(\.table) == ["t"])
+        #expect(StoreCore.decodeVersionKeys(encoded).first?.pks == keys.map(\.bytes))
+    }
+
+    /// Capture is the writer connection's preupdate hook; any other connection
+    /// meets the guard triggers instead of writing unreplicated rows.
+    @Test func writesFromAnotherConnectionAreRefused() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+        let other = try SQLiteConnection(path: dir.file("a.db"))
+        for sql in ["INSERT INTO items (id) VALUES (2)", "UPDATE items SET name = 'b'", "DELETE FROM items"] {
+            #expect(throws: SQLiteError.self, "\(sql)") { try other.execute(sql) }
+        }
+        do {
+            try other.execute("INSERT INTO items (id) VALUES (3)")
+        } catch {
+            #expect(error.message.contains("replicated by Patina"))
+        }
+        #expect(try other.query("SELECT count(*) FROM items") == [[.integer(1)]])
+        #expect(try store.rows() == [[.integer(1), .text("a"), .integer(0)]])
+    }
+
+    @Test func insertOrReplaceOfAnExistingRowStartsANewLife() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.execute("INSERT INTO items (id, name, qty) VALUES (1, 'a', 5)")
+        let replaced = try store.execute("INSERT OR REPLACE INTO items (id, name) VALUES (1, 'b')")
+        guard case .changes(_, let changes, _, _, _) = replaced.changesets[0].content else { return }
+        #expect(changes.first?.isSentinel == true && changes.first?.cl == 3)
+        #expect(changes.filter { !$0.isSentinel }.allSatisfy { $0.colVersion == 1 && $0.cl == 3 })
+        #expect(Set(changes.map(\.cid)) == ["-1", "name", "qty"])
+        let version = try #require(replaced.version)
+        #expect(try store.changesets(actor: store.actorID, versions: version...version) == replaced.changesets)
+    }
+
+    /// OR FAIL keeps the rows changed before the failing one; they must be captured.
+    @Test func rowsKeptByAFailedOrFailStatementAreCaptured() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+        let result = try store.write { tx in
+            #expect(throws: (any Error).self) {
+                try tx.execute("INSERT OR FAIL INTO items (id, name) VALUES (30, 'kept'), (1, 'dup')")
+            }
+        }
+        #expect(try store.rows().count == 2)
+        let version = try #require(result.version)
+        guard case .changes(_, let changes, _, _, _) = result.changesets[0].content else { return }
+        #expect(changes.allSatisfy { $0.pk == pk(.integer(30)) })
+        #expect(try store.changesets(actor: store.actorID, versions: version...version) == result.changesets)
+    }
+
+    /// The hook reads NULL for a column added after the row was stored; the row
+    /// holds the DEFAULT, so an update of another column must not write it.
+    @Test func updatingARowStoredBeforeAColumnWasAddedWritesOnlyWhatChanged() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+        try store.applySchema(sql: itemsSchema.replacingOccurrences(
+            of: "qty INTEGER NOT NULL DEFAULT 0", with: "qty INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT 'n'"))
+        let update = try store.execute("UPDATE items SET name = 'b' WHERE id = 1")
+        guard case .changes(_, let changes, _, _, _) = update.changesets[0].content else { return }
+        #expect(changes.map(\.cid) == ["name"])
+        let setNote = try store.execute("UPDATE items SET note = 'm' WHERE id = 1")
+        guard case .changes(_, let noteChanges, _, _, _) = setNote.changesets[0].content else { return }
+        #expect(noteChanges.map(\.cid) == ["note"])
+    }
 }
 
 /// A tiny lock-protected box for test bookkeeping.

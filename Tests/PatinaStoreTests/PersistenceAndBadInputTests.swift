@@ -5,6 +5,38 @@ import Synchronization
 import Testing
 
 @Suite struct PersistenceTests {
+    /// A node's own versions are 1...head, derived at open rather than written
+    /// per commit; a restored backup moves them, clocks included, to the old
+    /// actor's site and starts its own at 1.
+    @Test func aRestoredBackupKeepsTheOldActorsVersionsAndClocks() throws {
+        let dir = TempDir()
+        let backup = dir.file("backup.db")
+        let oldActor: ActorID
+        do {
+            let store = try makeStore(dir)
+            oldActor = store.actorID
+            try store.execute("INSERT INTO items (id, name) VALUES (1, 'a'), (2, 'b')")
+            try store.execute("UPDATE items SET name = 'c' WHERE id = 2")  // an explicit clock
+            try store.execute("INSERT INTO items (id, name) VALUES (3, 'd')")
+            #expect(store.bookkeeping()[oldActor]?.applied == VersionRangeSet([1...3]))
+            try Backup.create(store: store, to: backup)
+        }
+        do {
+            let reopened = try Store(path: dir.file("a.db"))
+            #expect(reopened.bookkeeping()[oldActor]?.applied == VersionRangeSet([1...3]))
+            #expect(try reopened.execute("DELETE FROM items WHERE id = 3").version == 4)
+        }
+        try Backup.restore(from: backup, to: dir.file("restored.db"))
+        let restored = try Store(path: dir.file("restored.db"))
+        #expect(restored.actorID != oldActor)
+        #expect(restored.bookkeeping()[oldActor]?.applied == VersionRangeSet([1...3]))
+        #expect(restored.heads()[restored.actorID] == nil)
+        #expect(try restored.clocks().allSatisfy { $0[3] == .blob(oldActor.bytes) })
+        let served = try restored.changesets(actor: oldActor, versions: 1...3)
+        #expect(served.count == 3)
+        #expect(try restored.execute("INSERT INTO items (id) VALUES (9)").version == 1)
+    }
+
     @Test func restartKeepsIdentityDataVersionsAndBookkeeping() throws {
         let dir = TempDir()
         let remote = ActorID.random()
@@ -63,6 +95,8 @@ import Testing
             .cleared(actor: remote, versions: -3...2),
             changeset(remote, 9, [cell(pk(.integer(9)), "name", .text("x"), cl: 0)]),
             changeset(remote, 10, [cell(pk(.null), "name", .text("null key"))]),
+            // items' key is its rowid, and its clock is keyed by that integer.
+            changeset(remote, 11, [cell(pk(.text("11")), "name", .text("text key"))]),
         ]
         let outcome = try store.merge(bad + [good])
         #expect(outcome.rejections.map(\.index) == Array(0..<bad.count))

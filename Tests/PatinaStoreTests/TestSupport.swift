@@ -50,19 +50,15 @@ extension Store {
         try query("SELECT * FROM \(table)").sorted { "\($0)" < "\($1)" }
     }
 
-    /// The clock table with site ordinals replaced by actor ids, so replicas compare.
+    /// The clocks, one row per cell or sentinel, with site ordinals replaced by
+    /// actor ids, so replicas compare.
     func clocks(_ table: String = "items") throws -> [[SQLValue]] {
-        try query("""
-            SELECT c.pk, c.cid, c.col_version, CASE WHEN c.site < 0 THEN NULL ELSE s.actor END, c.db_version, c.seq
-            FROM \(table)__patina_clock c LEFT JOIN __patina_sites s ON s.ordinal = c.site
-            ORDER BY c.pk, c.cid
-            """)
+        try clockRows(table)
     }
 
     func sentinelCL(_ key: PackedPrimaryKey, table: String = "items") throws -> Int64? {
-        guard case .integer(let cl) = try query(
-            "SELECT col_version FROM \(table)__patina_clock WHERE pk = ? AND cid = '-1'", [.blob(key.bytes)]).first?.first
-        else { return nil }
+        let sentinel = try clockRows(table).first { $0[0] == .blob(key.bytes) && $0[1] == .text(Change.sentinelColumn) }
+        guard case .integer(let cl)? = sentinel?[2] else { return nil }
         return cl
     }
 }

@@ -4,6 +4,9 @@
 #ifndef PATINA_SHIMS_H
 #define PATINA_SHIMS_H
 
+// The preupdate API is declared only when this macro is set; Debian's
+// libsqlite3 is built with it (see docs/store.md, "Capture").
+#define SQLITE_ENABLE_PREUPDATE_HOOK 1
 #include <sqlite3.h>
 #include <stdint.h>
 
@@ -12,6 +15,18 @@ int patina_sqlite3_bind_text_transient(sqlite3_stmt *stmt, int index, const char
 int patina_sqlite3_bind_blob_transient(sqlite3_stmt *stmt, int index, const void *bytes, int length);
 void patina_sqlite3_result_text_transient(sqlite3_context *ctx, const char *text, int length);
 void patina_sqlite3_result_blob_transient(sqlite3_context *ctx, const void *bytes, int length);
+
+// Local-write capture (PatinaStore): the preupdate hook, re-declared here
+// because sqlite3.h hides it behind SQLITE_ENABLE_PREUPDATE_HOOK, and
+// sqlite3_db_config(SQLITE_DBCONFIG_ENABLE_TRIGGER), which is variadic.
+typedef void (*patina_preupdate_callback)(void *, sqlite3 *, int, const char *, const char *, sqlite3_int64, sqlite3_int64);
+void patina_sqlite3_preupdate_hook(sqlite3 *db, patina_preupdate_callback callback, void *context);
+int patina_sqlite3_preupdate_count(sqlite3 *db);
+// The value of column `index` before (old) or after (new) the change; NULL on error.
+sqlite3_value *patina_sqlite3_preupdate_old(sqlite3 *db, int index);
+sqlite3_value *patina_sqlite3_preupdate_new(sqlite3 *db, int index);
+// Turns trigger execution off for this connection only; returns the new setting (0).
+int patina_sqlite3_disable_triggers(sqlite3 *db);
 
 // The library's runtime version string (ngtcp2 reports it through a struct).
 const char *patina_ngtcp2_version_string(void);

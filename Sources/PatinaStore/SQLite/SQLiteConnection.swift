@@ -153,6 +153,10 @@ final class SQLiteStatement {
         sqlite3_clear_bindings(handle)
     }
 
+    /// Resets without clearing bindings, for a statement whose every parameter
+    /// is bound again before each step (clearing hundreds costs).
+    func rewind() { sqlite3_reset(handle) }
+
     func bind(_ values: [SQLValue]) throws(SQLiteError) {
         for (i, v) in values.enumerated() { try bind(v, at: i + 1) }
     }
