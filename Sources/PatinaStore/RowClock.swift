@@ -84,7 +84,7 @@ struct RowClock: Equatable {
         }
         var out: [UInt8] = []
         func put(_ tag: Int, _ e: ClockEntry) {
-            for v in [Int64(tag), e.colVersion, e.site, e.version, e.seq] { Self.appendVarint(v, to: &out) }
+            for v in [Int64(tag), e.colVersion, e.site, e.version, e.seq] { Varint.appendSigned(v, to: &out) }
         }
         if let sentinel { put(0, sentinel) }
         for (i, cell) in cells.enumerated() { if let cell { put(i + 1, cell) } }
@@ -121,26 +121,8 @@ struct RowClock: Equatable {
         var description: String { "malformed clock row" }
     }
 
-    static func appendVarint(_ value: Int64, to out: inout [UInt8]) {
-        var u = UInt64(bitPattern: (value << 1) ^ (value >> 63))  // zigzag
-        while u >= 0x80 {
-            out.append(UInt8(truncatingIfNeeded: u) | 0x80)
-            u >>= 7
-        }
-        out.append(UInt8(u))
-    }
-
     static func readVarint(_ bytes: [UInt8], _ i: inout Int) throws -> Int64 {
-        var u: UInt64 = 0
-        var shift: UInt64 = 0
-        while true {
-            guard i < bytes.count, shift < 64 else { throw MalformedClock() }
-            let b = bytes[i]
-            i += 1
-            u |= UInt64(b & 0x7f) << shift
-            if b < 0x80 { break }
-            shift += 7
-        }
-        return Int64(bitPattern: u >> 1) ^ -Int64(bitPattern: u & 1)
+        guard let u = Varint.read(bytes, at: &i) else { throw MalformedClock() }
+        return Varint.unzigzag(u)
     }
 }

@@ -180,11 +180,11 @@ struct KeyList {
 
     mutating func append(_ pk: [UInt8]) {
         // (A difference whose zigzag needs all 64 bits is stored as bytes.)
-        if let v = TableStatements.singleInteger(pk), case let z = UInt64(bitPattern: ((v &- last) << 1) ^ ((v &- last) >> 63)), z >> 63 == 0 {
+        if let v = TableStatements.singleInteger(pk), case let z = Varint.zigzag(v &- last), z >> 63 == 0 {
             last = v
-            Self.appendUnsigned(z << 1 | 1, to: &bytes)
+            Varint.append(z << 1 | 1, to: &bytes)
         } else {
-            Self.appendUnsigned(UInt64(pk.count) << 1, to: &bytes)
+            Varint.append(UInt64(pk.count) << 1, to: &bytes)
             bytes.append(contentsOf: pk)
         }
     }
@@ -194,18 +194,10 @@ struct KeyList {
         var i = 0
         var last: Int64 = 0
         while i < bytes.count {
-            var h: UInt64 = 0
-            var shift: UInt64 = 0
-            while i < bytes.count, shift < 64 {
-                let b = bytes[i]
-                i += 1
-                h |= UInt64(b & 0x7f) << shift
-                if b < 0x80 { break }
-                shift += 7
-            }
+            guard let h = Varint.read(bytes, at: &i) else { break }
             if h & 1 == 1 {
                 let z = h >> 1
-                last = last &+ (Int64(bitPattern: z >> 1) ^ -Int64(bitPattern: z & 1))
+                last = last &+ Varint.unzigzag(z)
                 pks.append(packInteger(last) { Array($0) })
             } else {
                 let n = Int(h >> 1)
@@ -215,14 +207,5 @@ struct KeyList {
             }
         }
         return pks
-    }
-
-    private static func appendUnsigned(_ value: UInt64, to out: inout [UInt8]) {
-        var u = value
-        while u >= 0x80 {
-            out.append(UInt8(truncatingIfNeeded: u) | 0x80)
-            u >>= 7
-        }
-        out.append(UInt8(u))
     }
 }

@@ -140,7 +140,7 @@ public enum MembershipCodec {
         }
         out.append(kind.rawValue)
         out.append(contentsOf: message.sender.id.bytes)
-        putVarint(message.sender.incarnation, &out)
+        Varint.append(message.sender.incarnation, to: &out)
         putString(message.sender.address, &out)
         putString(message.sender.region, &out)
         switch message.body {
@@ -162,7 +162,7 @@ public enum MembershipCodec {
             out.append(contentsOf: u.id.bytes)
             let hasSuspector = u.status == .suspect && u.suspectedBy != nil
             out.append(u.status.rawValue | (hasSuspector ? 0x04 : 0))
-            putVarint(u.incarnation, &out)
+            Varint.append(u.incarnation, to: &out)
             putString(u.address, &out)
             putString(u.region, &out)
             if hasSuspector, let by = u.suspectedBy { out.append(contentsOf: by.bytes) }
@@ -175,15 +175,6 @@ public enum MembershipCodec {
         out.append(UInt8(truncatingIfNeeded: v >> 16))
         out.append(UInt8(truncatingIfNeeded: v >> 8))
         out.append(UInt8(truncatingIfNeeded: v))
-    }
-
-    private static func putVarint(_ value: UInt64, _ out: inout [UInt8]) {
-        var v = value
-        while v >= 0x80 {
-            out.append(UInt8(truncatingIfNeeded: v) | 0x80)
-            v >>= 7
-        }
-        out.append(UInt8(v))
     }
 
     private static func putString(_ s: String?, _ out: inout [UInt8]) {

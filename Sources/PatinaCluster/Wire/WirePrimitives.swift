@@ -32,17 +32,10 @@ public struct WireWriter: Sendable {
         }
     }
 
-    public mutating func varint(_ value: UInt64) {
-        var v = value
-        while v >= 0x80 {
-            bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
-            v >>= 7
-        }
-        bytes.append(UInt8(v))
-    }
+    public mutating func varint(_ value: UInt64) { Varint.append(value, to: &bytes) }
 
     public mutating func signed(_ v: Int64) {
-        varint(UInt64(bitPattern: (v << 1) ^ (v >> 63)))
+        varint(Varint.zigzag(v))
     }
 
     public mutating func count(_ n: Int) { varint(UInt64(n)) }
@@ -124,8 +117,7 @@ public struct WireReader {
     }
 
     public mutating func signed() throws(WireError) -> Int64 {
-        let z = try varint()
-        return Int64(bitPattern: (z >> 1) ^ (0 &- (z & 1)))
+        Varint.unzigzag(try varint())
     }
 
     /// A count of elements that each take at least `minElementBytes` bytes.
