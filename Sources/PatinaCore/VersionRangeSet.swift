@@ -11,7 +11,14 @@ public struct VersionRangeSet: Hashable, Sendable, CustomStringConvertible {
 
     public var isEmpty: Bool { ranges.isEmpty }
     public var max: Int64? { ranges.last?.upperBound }
-    public var count: Int64 { ranges.reduce(0) { $0 + ($1.upperBound - $1.lowerBound + 1) } }
+    /// Saturates at Int64.max (a range set from a peer may span everything).
+    public var count: Int64 {
+        ranges.reduce(0) { sum, r in
+            let n = r.upperBound &- r.lowerBound &+ 1
+            let (total, overflow) = sum.addingReportingOverflow(n <= 0 ? .max : n)
+            return overflow ? .max : total
+        }
+    }
 
     public func contains(_ v: Int64) -> Bool {
         guard let i = indexOfRange(endingAtOrAfter: v) else { return false }
@@ -64,6 +71,7 @@ public struct VersionRangeSet: Hashable, Sendable, CustomStringConvertible {
         for r in ranges {
             if r.lowerBound > upTo { break }
             if r.lowerBound > next { result.append(next...(r.lowerBound - 1)) }
+            if r.upperBound == .max { return result }  // nothing can follow (and +1 would trap)
             next = Swift.max(next, r.upperBound + 1)
         }
         if next <= upTo { result.append(next...upTo) }
@@ -77,6 +85,7 @@ public struct VersionRangeSet: Hashable, Sendable, CustomStringConvertible {
         for s in ranges where s.upperBound >= r.lowerBound {
             if s.lowerBound > r.upperBound { break }
             if s.lowerBound > next { result.append(next...(s.lowerBound - 1)) }
+            if s.upperBound == .max { return result }
             next = Swift.max(next, s.upperBound + 1)
             if next > r.upperBound { break }
         }

@@ -62,14 +62,17 @@ final class CapturedTable {
     let valuePositions: [Int32]
     /// The key is the rowid, which the hook is handed directly.
     let rowidKey: Bool
+    /// Declaration positions of REAL-affinity columns (see ``ColumnInfo/hasRealAffinity``).
+    let realPositions: Set<Int32>
 
-    init(table: TableInfo, declarationOrder: [String], rowidKey: Bool) {
+    init(table: TableInfo, declarationOrder: [String], realColumns: Set<String>, rowidKey: Bool) {
         self.rowidKey = rowidKey
         name = table.name
         cName = Array(table.name.utf8CString)
         let position = Dictionary(uniqueKeysWithValues: declarationOrder.enumerated().map { ($1, Int32($0)) })
         pkPositions = table.pkColumns.map { position[$0]! }
         valuePositions = table.columns.map { position[$0]! }
+        realPositions = Set(realColumns.compactMap { position[$0] })
     }
 
     func matches(_ name: UnsafePointer<CChar>) -> Bool {
@@ -131,23 +134,30 @@ enum CaptureFunctions {
         new ? patina_sqlite3_preupdate_new(db, position) : patina_sqlite3_preupdate_old(db, position)
     }
 
+    /// A column's value as stored; an integer read from a REAL column is the real it stands for.
+    fileprivate static func stored(_ db: OpaquePointer, _ table: CapturedTable, _ position: Int32, new: Bool) -> SQLValue {
+        let v = sqlValue(of: value(db, position, new: new))
+        if case .integer(let i) = v, table.realPositions.contains(position) { return .real(Double(i)) }
+        return v
+    }
+
     fileprivate static func packKey(_ db: OpaquePointer, _ table: CapturedTable, new: Bool, rowid: Int64) -> [UInt8] {
         if table.rowidKey { return packInteger(rowid) { Array($0) } }
-        if table.pkPositions.count == 1 {
+        if table.pkPositions.count == 1, !table.realPositions.contains(table.pkPositions[0]) {
             let v = value(db, table.pkPositions[0], new: new)
             if sqlite3_value_type(v) == SQLITE_INTEGER {
                 return packInteger(sqlite3_value_int64(v)) { Array($0) }
             }
         }
         var bytes: [UInt8] = [UInt8(truncatingIfNeeded: table.pkPositions.count)]
-        for p in table.pkPositions { PackedPrimaryKey.append(sqlValue(of: value(db, p, new: new)), to: &bytes) }
+        for p in table.pkPositions { PackedPrimaryKey.append(stored(db, table, p, new: new), to: &bytes) }
         return bytes
     }
 
     /// Appends the row's non-key values to `state.values`; returns where they start.
     fileprivate static func record(_ db: OpaquePointer, _ table: CapturedTable, new: Bool, into state: CaptureState) -> Int32 {
         let start = Int32(state.values.count)
-        for p in table.valuePositions { state.values.append(sqlValue(of: value(db, p, new: new))) }
+        for p in table.valuePositions { state.values.append(stored(db, table, p, new: new)) }
         return start
     }
 

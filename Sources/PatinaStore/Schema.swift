@@ -19,6 +19,17 @@ public struct SchemaError: Error, CustomStringConvertible, Sendable, Equatable {
 
 /// A column as SQLite reports it.
 struct ColumnInfo: Equatable {
+    /// SQLite's type affinity rules (datatype3 §3.1), the REAL case: the
+    /// declared type mentions REAL, FLOA or DOUB and none of the earlier
+    /// rules' words (INT; CHAR, CLOB, TEXT; BLOB or no type at all). SQLite
+    /// stores 5.0 in such a column as the integer 5 and its preupdate hook
+    /// hands that integer back, so capture and merge turn it into a real again.
+    var hasRealAffinity: Bool {
+        let t = declaredType.uppercased()
+        if t.isEmpty || ["INT", "CHAR", "CLOB", "TEXT", "BLOB"].contains(where: t.contains) { return false }
+        return ["REAL", "FLOA", "DOUB"].contains(where: t.contains)
+    }
+
     var name: String
     var declaredType: String
     var notNull: Bool

@@ -124,6 +124,11 @@ extension StoreCore {
         return (outcome, event)
     }
 
+    /// Versions, causal lengths and col_versions above this are refused from
+    /// peers: honest counters never get near it, and local writes add one to
+    /// what merges stored, which must not overflow.
+    static let maxCounter: Int64 = 1 << 62
+
     struct InvalidChangeset: Error, CustomStringConvertible {
         let description: String
     }
@@ -134,10 +139,12 @@ extension StoreCore {
         func fail(_ message: String) -> InvalidChangeset { InvalidChangeset(description: message) }
         switch changeset.content {
         case .cleared(let versions):
-            guard versions.lowerBound >= 1 else { throw fail("impossible version range \(versions)") }
+            guard versions.lowerBound >= 1, versions.upperBound <= Self.maxCounter else {
+                throw fail("impossible version range \(versions)")
+            }
             return []
         case .changes(let version, let changes, let seqs, let lastSeq, _):
-            guard version >= 1 else { throw fail("impossible version \(version)") }
+            guard version >= 1, version <= Self.maxCounter else { throw fail("impossible version \(version)") }
             guard seqs.lowerBound >= 0, seqs.upperBound <= lastSeq, lastSeq < (1 << 40) else {
                 throw fail("impossible seq range \(seqs) for last seq \(lastSeq)")
             }
@@ -153,13 +160,17 @@ extension StoreCore {
                 guard seqs.contains(change.seq), seen.insert(change.seq).inserted else {
                     throw fail("seq \(change.seq) outside \(seqs) or repeated")
                 }
-                guard change.cl >= 1, change.colVersion >= 0 else {
+                guard change.cl >= 1, change.colVersion >= 0, change.cl <= Self.maxCounter, change.colVersion <= Self.maxCounter else {
                     throw fail("impossible causal length \(change.cl) or col_version \(change.colVersion)")
                 }
                 let values: [SQLValue]
                 do { values = try change.pk.decode() } catch { throw fail("\(change.table): \(error)") }
                 guard values.count == table.pkColumns.count, !values.contains(.null) else {
                     throw fail("malformed primary key for \(change.table): expected \(table.pkColumns.count) non-NULL values")
+                }
+                // Clocks are found by the key's bytes: one row must have one encoding.
+                guard PackedPrimaryKey(values).bytes == change.pk.bytes else {
+                    throw fail("primary key for \(change.table) not in its canonical encoding")
                 }
                 if integerKeyTables.contains(change.table) {
                     // The row's key is its rowid, and its clock is keyed by it.
@@ -343,6 +354,10 @@ extension StoreCore {
 
     /// Merges one change; true when a clock ends up attributed to it.
     private func mergeChange(_ change: Change, key: [SQLValue], origin: Origin, ctx: inout MergeContext) throws -> Bool {
+        var change = change
+        if case .integer(let i) = change.val, realColumns[change.table]?.contains(change.cid) == true {
+            change.val = .real(Double(i))  // as the column stores it, so every replica compares alike
+        }
         guard let table = tables[change.table] else { return false }
         let st = try statements(for: table)
         let rowKey = RowKey(table: change.table, pk: change.pk)

@@ -96,7 +96,19 @@ import Testing
             changeset(remote, 9, [cell(pk(.integer(9)), "name", .text("x"), cl: 0)]),
             changeset(remote, 10, [cell(pk(.null), "name", .text("null key"))]),
             // items' key is its rowid, and its clock is keyed by that integer.
-            changeset(remote, 11, [cell(pk(.text("11")), "name", .text("text key"))]),
+            changeset(remote, 11, [cell(pk(.integer(11)), "name", .text("text key"))].map { c in
+                var c = c
+                c.pk = pk(.text("11"))
+                return c
+            }),
+            // Counters a local write adds one to: near Int64.max they would overflow.
+            changeset(remote, 12, [cell(pk(.integer(12)), "name", .text("x"), cl: .max)]),
+            changeset(remote, 13, [cell(pk(.integer(13)), "name", .text("x"), colVersion: .max)]),
+            changeset(remote, .max, [cell(pk(.integer(14)), "name", .text("x"))]),
+            .cleared(actor: remote, versions: 1...Int64.max),
+            // 15 as a full 8-byte integer: the same row as the canonical 1-byte form.
+            changeset(remote, 15, [Change(table: "items", pk: PackedPrimaryKey(bytes: [1, 0x41, 0, 0, 0, 0, 0, 0, 0, 15]),
+                                          cid: "name", val: .text("x"), colVersion: 1, seq: 0, cl: 1)]),
         ]
         let outcome = try store.merge(bad + [good])
         #expect(outcome.rejections.map(\.index) == Array(0..<bad.count))
@@ -105,6 +117,7 @@ import Testing
         #expect(outcome.rejections[0].reason.contains("unknown table nope"))
         #expect(outcome.rejections[1].reason.contains("unknown column items.nope"))
         #expect(outcome.rejections[2].reason.contains("malformed primary key"))
+        #expect(outcome.rejections.last!.reason.contains("canonical"))
         #expect(try store.rows() == [[.integer(1), .text("ok"), .integer(0)]])
         #expect(store.bookkeeping()[remote]?.applied == VersionRangeSet([1...1]))
     }
@@ -178,5 +191,47 @@ import Testing
         handle.write(Data((0..<(4096 * 4)).map { UInt8(truncatingIfNeeded: $0 &* 31) }))
         try handle.close()
         #expect(throws: StoreOpenError.self) { try Store(path: dir.file("a.db")) }
+    }
+
+    /// SQLite keeps 5.0 in a REAL column as the integer 5, and its preupdate hook
+    /// hands back that integer on insert but a real on update and delete. Capture
+    /// and merge must see one real throughout, or a row gets two clock keys (its
+    /// delete lost) and replicas order concurrent writes differently.
+    @Test func realColumnsKeepOneTypeThroughCaptureAndMerge() throws {
+        let dir = TempDir()
+        let schema = "CREATE TABLE w (k REAL NOT NULL PRIMARY KEY, v) WITHOUT ROWID; CREATE TABLE m (id INTEGER NOT NULL PRIMARY KEY, x REAL);"
+        let origin = try makeStore(dir, "origin.db", schema: schema)
+        let replica = try makeStore(dir, "replica.db", schema: schema)
+        var sent: [Changeset] = []
+        for sql in ["INSERT INTO w (k, v) VALUES (6.0, 'a')", "UPDATE w SET v = 'b' WHERE k = 6.0", "DELETE FROM w WHERE k = 6.0",
+                    "INSERT INTO m (id, x) VALUES (1, 5.0)"] {
+            sent += try origin.write { try $0.execute(sql) }.changesets
+        }
+        for c in sent {
+            guard case .changes(_, let changes, _, _, _) = c.content else { continue }
+            for change in changes {
+                #expect(!change.pk.bytes.isEmpty)
+                if change.table == "w" { #expect(try change.pk.decode() == [.real(6.0)], "w's key is a real in every change") }
+                if change.cid == "x" { #expect(change.val == .real(5.0)) }
+            }
+        }
+        _ = try replica.merge(sent)
+        #expect(try replica.rows("w").isEmpty, "the delete reached the replica")
+        #expect(try origin.rows("w").isEmpty)
+
+        // A concurrent write of 4.5 to the same cell: both replicas pick the same winner,
+        // also when the 5.0 arrives as an integer (from a peer that sent it so).
+        let other = ActorID(bytes: [UInt8](repeating: 0x07, count: 16))!
+        let concurrent = changeset(other, 1, [cell(pk(.integer(1)), "x", .real(4.5), table: "m")])
+        let asInteger = changeset(ActorID(bytes: [UInt8](repeating: 0x08, count: 16))!, 1,
+                                  [cell(pk(.integer(2)), "x", .integer(5), table: "m")])
+        let third = try makeStore(dir, "third.db", schema: schema)
+        _ = try third.merge([concurrent])
+        _ = try third.merge(sent + [asInteger])
+        _ = try replica.merge([concurrent, asInteger])
+        _ = try origin.merge([concurrent, asInteger])
+        #expect(try third.rows("m") == replica.rows("m"))
+        #expect(try origin.rows("m") == replica.rows("m"))
+        #expect(try third.rows("m") == [[.integer(1), .real(5.0)], [.integer(2), .real(5.0)]])
     }
 }
