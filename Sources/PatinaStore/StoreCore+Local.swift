@@ -18,6 +18,7 @@ public final class WriteTransaction {
     /// Runs one user statement; returns the number of rows it changed.
     @discardableResult
     public func execute(_ sql: String, _ parameters: StatementParameters = .none) throws -> Int {
+        try ensureOpen()
         let stmt = try core.prepareUserStatement(sql, parameters)
         let before = core.db.totalChanges
         let mark = core.capture.events.count
@@ -30,6 +31,12 @@ public final class WriteTransaction {
         return core.db.totalChanges - before == 0 ? 0 : core.db.changes
     }
 
+    /// A statement such as `INSERT OR ROLLBACK` can end the transaction; what
+    /// followed would then run (and commit) outside it, uncaptured.
+    private func ensureOpen() throws {
+        if core.db.isAutocommit { throw StatementNotAllowed(reason: "the transaction was rolled back by an earlier statement") }
+    }
+
     @discardableResult
     public func execute(_ sql: String, _ values: [SQLValue]) throws -> Int {
         try execute(sql, .positional(values))
@@ -37,6 +44,7 @@ public final class WriteTransaction {
 
     /// Runs a read inside the transaction (sees its own writes).
     public func query(_ sql: String, _ parameters: StatementParameters = .none) throws -> [[SQLValue]] {
+        try ensureOpen()
         let stmt = try core.prepareUserStatement(sql, parameters)
         let before = core.db.totalChanges
         let mark = core.capture.events.count

@@ -234,4 +234,19 @@ import Testing
         #expect(try origin.rows("m") == replica.rows("m"))
         #expect(try third.rows("m") == [[.integer(1), .real(5.0)], [.integer(2), .real(5.0)]])
     }
+
+    /// `INSERT OR ROLLBACK` that fails ends the transaction: a statement the body
+    /// runs after catching that error must not commit on its own, uncaptured.
+    @Test func nothingRunsAfterAStatementRolledTheTransactionBack() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        _ = try store.write { try $0.execute("INSERT INTO items (id, name) VALUES (1, 'a')") }
+        #expect(throws: (any Error).self) {
+            _ = try store.write { tx in
+                _ = try? tx.execute("INSERT OR ROLLBACK INTO items (id, name) VALUES (1, 'again')")
+                try tx.execute("INSERT INTO items (id, name) VALUES (2, 'after the rollback')")
+            }
+        }
+        #expect(try store.rows() == [[.integer(1), .text("a"), .integer(0)]])
+    }
 }
