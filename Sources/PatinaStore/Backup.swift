@@ -13,12 +13,18 @@ public enum Backup {
             throw StoreOpenError(path: path, reason: "already exists; refusing to overwrite a file")
         }
         let reader = try store.makeReader()
-        try reader.backup(to: path)
-        let copy = try SQLiteConnection(path: path, create: false)
-        try copy.execute("""
-            DELETE FROM __patina_members;
-            INSERT OR REPLACE INTO __patina_meta (key, value) VALUES ('needs_identity', 1);
-            """)
+        do {
+            try reader.backup(to: path)
+            let copy = try SQLiteConnection(path: path, create: false)
+            try copy.execute("""
+                DELETE FROM __patina_members;
+                INSERT OR REPLACE INTO __patina_meta (key, value) VALUES ('needs_identity', 1);
+                """)
+        } catch {
+            // A copy without its mark would start a second node under the same actor id.
+            for suffix in ["", "-wal", "-shm", "-journal"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+            throw error
+        }
     }
 
     /// Installs a backup as the database at `databasePath`. Refuses while a node
@@ -33,6 +39,11 @@ public enum Backup {
         let check = try SQLiteConnection(path: backup, readOnly: true, create: false)
         guard try check.scalar("SELECT value FROM __patina_meta WHERE key = 'format'") == .text(StoreCore.formatTag) else {
             throw StoreOpenError(path: backup, reason: "not a Patina backup")
+        }
+        // Made by `create`, which marks the copy to take a new identity; a copy of a
+        // database file made otherwise would bring back the original node's actor id.
+        guard try check.scalar("SELECT value FROM __patina_meta WHERE key = 'needs_identity'") != nil else {
+            throw StoreOpenError(path: backup, reason: "not made by `patina backup` (it keeps its node's identity); refusing to restore it")
         }
         let temporary = databasePath + ".restore"
         try? FileManager.default.removeItem(atPath: temporary)

@@ -100,6 +100,12 @@ public final class Store: @unchecked Sendable {
         try core.withLock { try $0.merge(changesets).0 }
     }
 
+    /// Runs `sql` on the writer connection, outside any transaction (tests: a
+    /// pragma that makes the disk "full", say).
+    func executeOnWriter(_ sql: String) throws {
+        try core.withLock { try $0.db.execute(sql) }
+    }
+
     /// Every clock of `table`, one row per cell or sentinel as `[pk, cid,
     /// col_version, actor (NULL for an implied sentinel), db_version, seq]`,
     /// ordered by packed key then cid: the logical view of the packed clock

@@ -322,7 +322,12 @@ final class StoreCore {
 
     // MARK: Transactions
 
+    /// Runs `body` in one write transaction. On any error the transaction rolls
+    /// back, and so does the in-memory state that mirrors the database (the
+    /// bookkeeping and the site ordinals), or it would claim versions whose data
+    /// is gone (and serve them later as cleared).
     func inTransaction<T>(_ body: () throws -> T) throws -> T {
+        let (booksBefore, sitesBefore, actorsBefore) = (books, siteOfActor, actorOfSite)
         try db.execute("BEGIN IMMEDIATE")
         do {
             let value = try body()
@@ -332,6 +337,7 @@ final class StoreCore {
             capture.capturing = false
             capture.userStatementsActive = false
             if !db.isAutocommit { try? db.execute("ROLLBACK") }
+            (books, siteOfActor, actorOfSite) = (booksBefore, sitesBefore, actorsBefore)
             throw error
         }
     }

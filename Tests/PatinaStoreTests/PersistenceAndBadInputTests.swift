@@ -37,6 +37,20 @@ import Testing
         #expect(try restored.execute("INSERT INTO items (id) VALUES (9)").version == 1)
     }
 
+    /// Only a copy made by `Backup.create` (marked to take a new identity) is
+    /// restored: a plain copy of a node's file would start a second node under
+    /// the same actor id.
+    @Test func aPlainCopyOfANodesFileIsNotRestored() throws {
+        let dir = TempDir()
+        do {
+            let store = try makeStore(dir)
+            try store.execute("INSERT INTO items (id, name) VALUES (1, 'a')")
+        }
+        try FileManager.default.copyItem(atPath: dir.file("a.db"), toPath: dir.file("copy.db"))
+        #expect(throws: StoreOpenError.self) { try Backup.restore(from: dir.file("copy.db"), to: dir.file("restored.db")) }
+        #expect(!FileManager.default.fileExists(atPath: dir.file("restored.db")))
+    }
+
     @Test func restartKeepsIdentityDataVersionsAndBookkeeping() throws {
         let dir = TempDir()
         let remote = ActorID.random()
@@ -248,5 +262,26 @@ import Testing
             }
         }
         #expect(try store.rows() == [[.integer(1), .text("a"), .integer(0)]])
+    }
+
+    /// A merge whose transaction fails (here: the disk is "full") must leave the
+    /// in-memory bookkeeping as it was, or the node would take the versions for
+    /// applied, skip them as duplicates when they come again, and serve them as
+    /// cleared: lost everywhere.
+    @Test func aMergeThatFailsToCommitLeavesNoBookkeepingBehind() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        let pages = try store.query("PRAGMA page_count")[0][0]
+        try store.executeOnWriter("PRAGMA max_page_count = \(pages)")
+        let batch = (1...50).map { v in
+            changeset(remote, Int64(v), [cell(pk(.integer(Int64(v))), "name", .text(String(repeating: "x", count: 2000)))])
+        }
+        _ = try? store.merge(batch)
+        let applied = store.bookkeeping()[remote]?.applied ?? VersionRangeSet()
+        #expect(applied.count == Int64(try store.rows().count), "bookkeeping claims only stored versions")
+        try store.executeOnWriter("PRAGMA max_page_count = 1073741823")
+        _ = try store.merge(batch)
+        #expect(try store.rows().count == 50)
+        #expect(store.bookkeeping()[remote]?.applied == VersionRangeSet([1...50]))
     }
 }
