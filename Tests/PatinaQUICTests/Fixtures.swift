@@ -121,6 +121,28 @@ struct DeadlineExceeded: Error, CustomStringConvertible {
     var description: String { "did not finish within \(limit)" }
 }
 
+/// The value of `task`, cancelling it once `limit` passes. Receive loops over
+/// AsyncStreams end on cancellation and return what they have, so a message that
+/// never comes fails the test's expectation instead of hanging the run (a task's
+/// value cannot be abandoned by `withDeadline`).
+func bounded<T: Sendable>(_ task: Task<T, any Error>, _ limit: Duration) async throws -> T {
+    let timer = Task {
+        try await Task.sleep(for: limit)
+        task.cancel()
+    }
+    defer { timer.cancel() }
+    return try await task.value
+}
+
+func bounded<T: Sendable>(_ task: Task<T, Never>, _ limit: Duration) async -> T {
+    let timer = Task {
+        try await Task.sleep(for: limit)
+        task.cancel()
+    }
+    defer { timer.cancel() }
+    return await task.value
+}
+
 /// Polls `condition` until it holds or `limit` passes.
 func eventually(_ limit: Duration = .seconds(5), _ condition: @Sendable () async -> Bool) async -> Bool {
     let clock = ContinuousClock()
