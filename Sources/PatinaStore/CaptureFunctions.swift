@@ -65,14 +65,14 @@ final class CapturedTable {
     /// Declaration positions of REAL-affinity columns (see ``ColumnInfo/hasRealAffinity``).
     let realPositions: Set<Int32>
 
-    init(table: TableInfo, declarationOrder: [String], realColumns: Set<String>, rowidKey: Bool) {
+    init(table: TableInfo, declarationOrder: [String], rowidKey: Bool) {
         self.rowidKey = rowidKey
         name = table.name
         cName = Array(table.name.utf8CString)
         let position = Dictionary(uniqueKeysWithValues: declarationOrder.enumerated().map { ($1, Int32($0)) })
         pkPositions = table.pkColumns.map { position[$0]! }
         valuePositions = table.columns.map { position[$0]! }
-        realPositions = Set(realColumns.compactMap { position[$0] })
+        realPositions = Set(table.realColumns.compactMap { position[$0] })
     }
 
     func matches(_ name: UnsafePointer<CChar>) -> Bool {

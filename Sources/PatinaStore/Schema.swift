@@ -52,6 +52,8 @@ public struct TableInfo: Sendable, Equatable {
     public let name: String
     public let pkColumns: [String]
     public let columns: [String]
+    /// Non-key and key columns of REAL affinity (see ``ColumnInfo/hasRealAffinity``).
+    var realColumns: Set<String> = []
 
     var clockTable: String { name + "__patina_clock" }
     func hasColumn(_ name: String) -> Bool { columns.contains(name) }

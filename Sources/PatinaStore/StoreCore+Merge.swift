@@ -354,11 +354,11 @@ extension StoreCore {
 
     /// Merges one change; true when a clock ends up attributed to it.
     private func mergeChange(_ change: Change, key: [SQLValue], origin: Origin, ctx: inout MergeContext) throws -> Bool {
+        guard let table = tables[change.table] else { return false }
         var change = change
-        if case .integer(let i) = change.val, realColumns[change.table]?.contains(change.cid) == true {
+        if case .integer(let i) = change.val, table.realColumns.contains(change.cid) {
             change.val = .real(Double(i))  // as the column stores it, so every replica compares alike
         }
-        guard let table = tables[change.table] else { return false }
         let st = try statements(for: table)
         let rowKey = RowKey(table: change.table, pk: change.pk)
         let local = try rowClock(rowKey, st, ctx: &ctx)

@@ -27,9 +27,6 @@ final class StoreCore {
     var integerKeyTables: Set<String> = []
     /// Per table, the literal DEFAULT of each non-key column (see constantDefault).
     var columnDefaults: [String: [SQLValue?]] = [:]
-    /// Per table, its REAL-affinity columns: an integer arriving for one is
-    /// compared and stored as the real SQLite would make of it.
-    var realColumns: [String: Set<String>] = [:]
     /// Prepared user statements, by SQL text (see prepareUserStatement).
     var userStatements: [String: SQLiteStatement] = [:]
     var lastUserStatement: (sql: String, statement: SQLiteStatement)?
@@ -250,13 +247,12 @@ final class StoreCore {
             let info = TableInfo(
                 name: name,
                 pkColumns: columns.filter { $0.pkIndex > 0 }.sorted { $0.pkIndex < $1.pkIndex }.map(\.name),
-                columns: columns.filter { $0.pkIndex == 0 }.map(\.name))
+                columns: columns.filter { $0.pkIndex == 0 }.map(\.name),
+                realColumns: Set(columns.filter(\.hasRealAffinity).map(\.name)))
             tables[name] = info
             let integerKey = try ReplicatedTableDDL.clockHasIntegerKey(info, in: db)
             if integerKey { integerKeyTables.insert(name) }
-            let real = Set(columns.filter(\.hasRealAffinity).map(\.name))
-            realColumns[name] = real
-            capture.watched.append(CapturedTable(table: info, declarationOrder: columns.map(\.name), realColumns: real, rowidKey: integerKey))
+            capture.watched.append(CapturedTable(table: info, declarationOrder: columns.map(\.name), rowidKey: integerKey))
             columnDefaults[name] = try columns.filter { $0.pkIndex == 0 }.map { try constantDefault($0.defaultSQL) }
         }
     }

@@ -21,7 +21,7 @@ extension StoreCore {
         var pks: [[UInt8]]
     }
 
-    static func appendKey(_ pk: [UInt8], to out: inout [UInt8]) {
+    static func appendLengthPrefixed(_ pk: [UInt8], to out: inout [UInt8]) {
         withUnsafeBytes(of: UInt32(pk.count).bigEndian) { out.append(contentsOf: $0) }
         out.append(contentsOf: pk)
     }
@@ -30,8 +30,8 @@ extension StoreCore {
     static func encodeVersionKeys(_ byTable: [String: KeyList]) -> [UInt8] {
         var out: [UInt8] = []
         for (table, list) in byTable.sorted(by: { $0.key < $1.key }) where !list.bytes.isEmpty {
-            appendKey(Array(table.utf8), to: &out)
-            appendKey(list.bytes, to: &out)
+            appendLengthPrefixed(Array(table.utf8), to: &out)
+            appendLengthPrefixed(list.bytes, to: &out)
         }
         return out
     }
