@@ -14,32 +14,31 @@ struct ClusterMetrics {
     })
 
     mutating func export(broadcast b: BroadcastMetrics, apply a: ApplyQueue.Stats, applyQueueDepth: Int, memberStates: [MemberStatus]) {
-        count("patina_broadcast_changesets_total", ["kind": "local"], b.localChangesets)
-        count("patina_broadcast_changesets_total", ["kind": "received"], b.receivedChangesets)
-        count("patina_broadcast_changesets_total", ["kind": "duplicate"], b.duplicates)
-        count("patina_broadcast_sends_total", [:], b.sends)
-        count("patina_broadcast_changesets_sent_total", [:], b.changesetsSent)
-        count("patina_broadcast_retransmissions_total", [:], b.retransmissions)
-        count("patina_broadcast_send_failures_total", [:], b.sendFailures)
-        count("patina_broadcast_dropped_total", ["from": "peer_queue"], b.droppedQueued)
-        count("patina_broadcast_dropped_total", ["from": "retransmission_set"], b.droppedPending)
-        count("patina_apply_changesets_total", [:], a.mergedChangesets)
-        count("patina_apply_batches_total", [:], a.batches)
-        count("patina_apply_refused_total", [:], a.refused)
-        count("patina_apply_rejections_total", [:], a.rejections)
-        count("patina_apply_errors_total", [:], a.mergeErrors)
+        count("patina_broadcast_changesets_total", ("kind", "local"), b.localChangesets)
+        count("patina_broadcast_changesets_total", ("kind", "received"), b.receivedChangesets)
+        count("patina_broadcast_changesets_total", ("kind", "duplicate"), b.duplicates)
+        count("patina_broadcast_sends_total", nil, b.sends)
+        count("patina_broadcast_changesets_sent_total", nil, b.changesetsSent)
+        count("patina_broadcast_retransmissions_total", nil, b.retransmissions)
+        count("patina_broadcast_send_failures_total", nil, b.sendFailures)
+        count("patina_broadcast_dropped_total", ("from", "peer_queue"), b.droppedQueued)
+        count("patina_broadcast_dropped_total", ("from", "retransmission_set"), b.droppedPending)
+        count("patina_apply_changesets_total", nil, a.mergedChangesets)
+        count("patina_apply_batches_total", nil, a.batches)
+        count("patina_apply_refused_total", nil, a.refused)
+        count("patina_apply_rejections_total", nil, a.rejections)
+        count("patina_apply_errors_total", nil, a.mergeErrors)
         applyDepth.record(applyQueueDepth)
         for (state, gauge) in members { gauge.record(memberStates.filter { $0 == state }.count) }
     }
 
-    private mutating func count(_ label: String, _ dimensions: [String: String], _ total: Int) {
-        let key = label + dimensions.sorted { $0.key < $1.key }.map { "|\($0.key)=\($0.value)" }.joined()
+    /// Grows the counter `label{dimension}` to `total` (a shell's cumulative count).
+    private mutating func count(_ label: String, _ dimension: (String, String)?, _ total: Int) {
+        let key = dimension.map { "\(label){\($0.0)=\($0.1)}" } ?? label
         let delta = total - previous[key, default: 0]
         previous[key] = total
         guard delta > 0 else { return }
-        if counters[key] == nil {
-            counters[key] = Counter(label: label, dimensions: dimensions.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
-        }
+        if counters[key] == nil { counters[key] = Counter(label: label, dimensions: dimension.map { [$0] } ?? []) }
         counters[key]!.increment(by: delta)
     }
 }
