@@ -29,7 +29,7 @@ import Testing
 
         let second = try store.execute("UPDATE items SET qty = 4 WHERE id = 1")
         #expect(second.version == 2)
-        guard case .changes(_, let updates, _, _, _) = second.changesets[0].content else { return }
+        let updates = try changesIn(second.changesets[0])
         #expect(updates.map(\.cid) == ["qty"])
         #expect(updates[0].colVersion == 2)
         #expect(updates[0].val == .integer(4))
@@ -46,7 +46,7 @@ import Testing
         let store = try makeStore(dir)
         try store.execute("INSERT INTO items (id, name) VALUES (7, 'x')")
         let del = try store.execute("DELETE FROM items WHERE id = 7")
-        guard case .changes(_, let changes, _, _, _) = del.changesets[0].content else { return }
+        let changes = try changesIn(del.changesets[0])
         #expect(changes.count == 1)
         #expect(changes[0].isSentinel && changes[0].cl == 2)
         #expect(try store.sentinelCL(pk(.integer(7))) == 2)
@@ -61,7 +61,7 @@ import Testing
         let store = try makeStore(dir)
         try store.execute("INSERT INTO items (id, name, qty) VALUES (1, 'a', 5)")
         let moved = try store.execute("UPDATE items SET id = 2 WHERE id = 1")
-        guard case .changes(_, let changes, _, _, _) = moved.changesets[0].content else { return }
+        let changes = try changesIn(moved.changesets[0])
         #expect(changes.contains { $0.pk == pk(.integer(1)) && $0.isSentinel && $0.cl == 2 })
         // The new key's first life has no sentinel: its cells carry cl 1.
         #expect(!changes.contains { $0.pk == pk(.integer(2)) && $0.isSentinel })
@@ -164,7 +164,7 @@ import Testing
         try store.execute("DELETE FROM items WHERE id = 1")
         results = [try store.write { tx in try tx.execute("INSERT INTO items (id, name) VALUES (1, 'again')") }]
         try check()
-        guard case .changes(_, let last, _, _, _) = results[0].changesets[0].content else { return }
+        let last = try changesIn(results[0].changesets[0])
         #expect(last.contains { $0.isSentinel && $0.cl == 3 })
         #expect(try store.rows().count == 8)
     }
@@ -207,7 +207,7 @@ import Testing
         let store = try makeStore(dir)
         try store.execute("INSERT INTO items (id, name, qty) VALUES (1, 'a', 5)")
         let replaced = try store.execute("INSERT OR REPLACE INTO items (id, name) VALUES (1, 'b')")
-        guard case .changes(_, let changes, _, _, _) = replaced.changesets[0].content else { return }
+        let changes = try changesIn(replaced.changesets[0])
         #expect(changes.first?.isSentinel == true && changes.first?.cl == 3)
         #expect(changes.filter { !$0.isSentinel }.allSatisfy { $0.colVersion == 1 && $0.cl == 3 })
         #expect(Set(changes.map(\.cid)) == ["-1", "name", "qty"])
@@ -227,7 +227,7 @@ import Testing
         }
         #expect(try store.rows().count == 2)
         let version = try #require(result.version)
-        guard case .changes(_, let changes, _, _, _) = result.changesets[0].content else { return }
+        let changes = try changesIn(result.changesets[0])
         #expect(changes.allSatisfy { $0.pk == pk(.integer(30)) })
         #expect(try store.changesets(actor: store.actorID, versions: version...version) == result.changesets)
     }
@@ -241,10 +241,10 @@ import Testing
         try store.applySchema(sql: itemsSchema.replacingOccurrences(
             of: "qty INTEGER NOT NULL DEFAULT 0", with: "qty INTEGER NOT NULL DEFAULT 0, note TEXT NOT NULL DEFAULT 'n'"))
         let update = try store.execute("UPDATE items SET name = 'b' WHERE id = 1")
-        guard case .changes(_, let changes, _, _, _) = update.changesets[0].content else { return }
+        let changes = try changesIn(update.changesets[0])
         #expect(changes.map(\.cid) == ["name"])
         let setNote = try store.execute("UPDATE items SET note = 'm' WHERE id = 1")
-        guard case .changes(_, let noteChanges, _, _, _) = setNote.changesets[0].content else { return }
+        let noteChanges = try changesIn(setNote.changesets[0])
         #expect(noteChanges.map(\.cid) == ["note"])
     }
 }

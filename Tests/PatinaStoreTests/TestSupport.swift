@@ -26,6 +26,17 @@ func makeStore(_ dir: TempDir, _ name: String = "a.db", schema: String = itemsSc
 
 func pk(_ values: SQLValue...) -> PackedPrimaryKey { PackedPrimaryKey(values) }
 
+/// The changes a changeset carries; the test fails (not passes silently) for a cleared range.
+func changesIn(_ changeset: Changeset, sourceLocation: SourceLocation = #_sourceLocation) throws -> [Change] {
+    guard case .changes(_, let changes, _, _, _) = changeset.content else {
+        Issue.record("expected changes, got \(changeset.content)", sourceLocation: sourceLocation)
+        throw ExpectedChanges()
+    }
+    return changes
+}
+
+struct ExpectedChanges: Error {}
+
 /// A hand-made changeset of one complete version.
 func changeset(_ actor: ActorID, _ version: Int64, _ changes: [Change], ts: UInt64 = 1) -> Changeset {
     var numbered = changes
