@@ -138,7 +138,7 @@ import Testing
         }
 
         var origins: [Int] = []
-        for k in 0..<commits {
+        for _ in 0..<commits {
             var origin = Int(rng.next() % UInt64(nodeCount))
             while dead.contains(origin) { origin = (origin + 1) % nodeCount }
             origins.append(origin)

@@ -46,15 +46,19 @@ import Glibc
         cluster.check(rows?.count == 7, "expected 7 identical rows everywhere, got \(String(describing: rows))")
 
         // The cluster's own counts reach the metrics endpoint (exported every second):
-        // n1 broadcast its 7 local transactions and merged the others'.
+        // n1 broadcast its 7 local transactions and merged the others', and ran
+        // sync rounds (the first is about a second after start).
         var metrics: [String: Double] = [:]
         let exported = try await pollUntil(.seconds(10)) {
             metrics = (try? cluster.metrics(0)) ?? [:]
             return metrics["patina_broadcast_changesets_total{kind=\"local\"}", default: 0] >= 7
                 && metrics["patina_apply_changesets_total", default: 0] >= 10
                 && metrics["patina_members{state=\"alive\"}"] == 2
+                && metrics["patina_sync_rounds_total", default: 0] >= 1
+                && metrics["patina_sync_sessions_total{result=\"pulled\"}", default: 0] >= 1
         }
-        cluster.check(exported, "cluster metrics of n1: \(metrics.filter { $0.key.hasPrefix("patina_broadcast") || $0.key.hasPrefix("patina_apply") || $0.key.hasPrefix("patina_members") })")
+        let shown = ["patina_broadcast", "patina_apply", "patina_members", "patina_sync"]
+        cluster.check(exported, "cluster metrics of n1: \(metrics.filter { m in shown.contains { m.key.hasPrefix($0) } })")
     }
 
     /// Five nodes; conflicting updates and deletes of the same rows on every node
@@ -428,7 +432,7 @@ final class ProcessCluster: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: Self.binary)
         process.arguments = ["agent", "--config", node.configPath]
         if !FileManager.default.fileExists(atPath: node.logPath) {
-            FileManager.default.createFile(atPath: node.logPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: node.logPath, contents: nil)
         }
         let log = FileHandle(forWritingAtPath: node.logPath)!
         log.seekToEndOfFile()

@@ -194,9 +194,12 @@ import Testing
         }
         #expect(try await busyServe.busy)
         #expect(await server.stateMachine.rejectedBusy == 1)
+        #expect(await server.stats.servedBusy == 1)
 
         try await silent.finish()  // the silent client goes away
         #expect(await first == nil, "the silent session should fail")
+        #expect(await server.stats.servedFailed == 1)
+        #expect(await server.stats.servedOK == 0)
         let (pulled, _) = try await Self.session(client: client, server: server, seed: 3)
         #expect(pulled.foundMissing)
         #expect(try allRows(b) == allRows(a))
@@ -238,9 +241,32 @@ import Testing
         #expect((try? results[0].get())?.foundMissing == true)
         #expect(try allRows(b) == allRows(a))
         #expect(await client.stateMachine.interval == .seconds(1), "found something: stay at the minimum")
+        var stats = await client.stats
+        #expect(stats.rounds == 1 && stats.pulledOK == 1 && stats.pulledFailed == 0)
+        #expect(stats.changesetsPulled == 20 && stats.changesPulled >= 20)
         let second = await client.tick(now: .seconds(2), connector: connector)
         #expect((try? second.first?.get())?.foundMissing == false)
         #expect(await client.stateMachine.interval == .seconds(2), "found nothing: back off")
+        stats = await client.stats
+        #expect(stats.rounds == 2 && stats.pulledOK == 2 && stats.changesetsPulled == 20, "the second round found nothing")
+        // The server counts a session once it has finished its side, just after the client saw the end.
+        #expect(await eventually { await server.stats.servedOK == 2 })
+        #expect(await server.stats.changesetsServed == 20)
+    }
+
+    @Test func aRoundWhosePeerCannotBeReachedCountsAsFailed() async throws {
+        let dir = SyncTempDir()
+        let b = try makeSyncStore(dir, "b.db")
+        var config = SyncConfig()
+        config.jitter = 0
+        let client = SyncShell(store: b, config: config, seed: 2) { _ in }
+        await client.membersChanged([SyncPeer(id: "gone", rtt: .milliseconds(2))])
+        let connector = InMemoryConnector(servers: [:])
+        _ = await client.tick(now: .zero, connector: connector)
+        let results = await client.tick(now: .seconds(1), connector: connector)
+        #expect(results.count == 1)
+        let stats = await client.stats
+        #expect(stats.rounds == 1 && stats.pulledFailed == 1 && stats.pulledOK == 0 && stats.changesetsPulled == 0)
     }
 }
 

@@ -1,8 +1,8 @@
 import Metrics
 
 /// The cluster's own counts on the metrics endpoint, next to the API's: what
-/// broadcast sends and drops, what the apply queue merges and refuses, how many
-/// members are in each state. The shells keep cumulative counts (the pure state
+/// broadcast sends and drops, what the apply queue merges and refuses, what
+/// anti-entropy sync pulls and serves, how many members are in each state. The shells keep cumulative counts (the pure state
 /// machines own them); every `rttInterval` the node hands a snapshot here, and
 /// the counters grow by what changed since the last one.
 struct ClusterMetrics {
@@ -13,7 +13,8 @@ struct ClusterMetrics {
         ($0, Gauge(label: "patina_members", dimensions: [("state", "\($0)")]))
     })
 
-    mutating func export(broadcast b: BroadcastMetrics, apply a: ApplyQueue.Stats, applyQueueDepth: Int, memberStates: [MemberStatus]) {
+    mutating func export(broadcast b: BroadcastMetrics, apply a: ApplyQueue.Stats, sync s: SyncStats, applyQueueDepth: Int,
+                         memberStates: [MemberStatus]) {
         count("patina_broadcast_changesets_total", ("kind", "local"), b.localChangesets)
         count("patina_broadcast_changesets_total", ("kind", "received"), b.receivedChangesets)
         count("patina_broadcast_changesets_total", ("kind", "duplicate"), b.duplicates)
@@ -28,6 +29,15 @@ struct ClusterMetrics {
         count("patina_apply_refused_total", nil, a.refused)
         count("patina_apply_rejections_total", nil, a.rejections)
         count("patina_apply_errors_total", nil, a.mergeErrors)
+        count("patina_sync_rounds_total", nil, s.rounds)
+        count("patina_sync_sessions_total", ("result", "pulled"), s.pulledOK)
+        count("patina_sync_sessions_total", ("result", "pull_failed"), s.pulledFailed)
+        count("patina_sync_sessions_total", ("result", "served"), s.servedOK)
+        count("patina_sync_sessions_total", ("result", "served_busy"), s.servedBusy)
+        count("patina_sync_sessions_total", ("result", "serve_failed"), s.servedFailed)
+        count("patina_sync_changesets_total", ("direction", "pulled"), s.changesetsPulled)
+        count("patina_sync_changesets_total", ("direction", "served"), s.changesetsServed)
+        count("patina_sync_changes_pulled_total", nil, s.changesPulled)
         applyDepth.record(applyQueueDepth)
         for (state, gauge) in members { gauge.record(memberStates.filter { $0 == state }.count) }
     }

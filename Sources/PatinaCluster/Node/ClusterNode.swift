@@ -299,7 +299,7 @@ public final class ClusterNode: Sendable {
         var metrics = ClusterMetrics()
         while !Task.isCancelled {
             do { try await Task.sleep(for: config.rttInterval) } catch { return }
-            metrics.export(broadcast: await broadcastShell.metrics, apply: await applyQueue.stats,
+            metrics.export(broadcast: await broadcastShell.metrics, apply: await applyQueue.stats, sync: await syncShell.stats,
                            applyQueueDepth: await applyQueue.depth, memberStates: await membership.members.map(\.status))
             let live = await peers.live()
             guard !live.isEmpty else { continue }

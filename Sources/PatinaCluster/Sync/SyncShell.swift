@@ -69,6 +69,24 @@ public struct SyncServeReport: Sendable, Hashable {
     public var changesetsSent = 0
 }
 
+/// What sync did since the shell started, for the metrics endpoint.
+public struct SyncStats: Sendable, Hashable {
+    /// Rounds started (a round syncs with one to `maxPeers` peers).
+    public var rounds = 0
+    /// Sessions this node pulled, by outcome.
+    public var pulledOK = 0
+    public var pulledFailed = 0
+    /// Changesets and changes those sessions brought. Above zero while the
+    /// cluster is quiet, they are what broadcast missed.
+    public var changesetsPulled = 0
+    public var changesPulled = 0
+    /// Sessions peers opened here, by outcome.
+    public var servedOK = 0
+    public var servedBusy = 0
+    public var servedFailed = 0
+    public var changesetsServed = 0
+}
+
 /// Runs sync sessions over ``SyncStream``s and the ``SyncStateMachine`` that
 /// schedules them.
 ///
@@ -85,6 +103,7 @@ public actor SyncShell {
     private let logger: Logger
     private var machine: SyncStateMachine
     private var started = false
+    private var counts = SyncStats()
 
     /// - Parameter apply: receives each pulled chunk; awaiting it is the
     ///   session's backpressure (hand it to ``ApplyQueue/enqueue(_:)``).
@@ -99,6 +118,11 @@ public actor SyncShell {
     }
 
     public var stateMachine: SyncStateMachine { machine }
+    public var stats: SyncStats {
+        var s = counts
+        s.rounds = machine.rounds
+        return s
+    }
 
     public func membersChanged(_ peers: [SyncPeer]) {
         machine.membersChanged(peers)
@@ -142,9 +166,13 @@ public actor SyncShell {
         for (id, result) in results {
             switch result {
             case .success(let report):
+                counts.pulledOK += 1
+                counts.changesetsPulled += report.changesetsReceived
+                counts.changesPulled += report.changesReceived
                 _ = machine.sessionCompleted(id, now: now, remoteHeads: report.remoteHeads, foundMissing: report.foundMissing)
             case .failure(let error):
                 logger.debug("sync session failed", metadata: ["error": "\(error)"])
+                counts.pulledFailed += 1
                 _ = machine.sessionFailed(id, now: now)
             }
         }
@@ -221,6 +249,7 @@ public actor SyncShell {
         var report = SyncServeReport()
         guard machine.acceptIncoming() else {
             report.busy = true
+            counts.servedBusy += 1
             try? await withSyncTimeout(config.ioTimeout) {
                 try await stream.write(WireMessage.syncBusy.encodeFrame())
                 try await stream.finish()
@@ -258,8 +287,11 @@ public actor SyncShell {
             }
             try await write(.syncDone, to: stream)
             try await withSyncTimeout(config.ioTimeout) { try await stream.finish() }
+            counts.servedOK += 1
+            counts.changesetsServed += report.changesetsSent
             return report
         } catch {
+            counts.servedFailed += 1
             let e: SyncError =
                 switch error {
                 case let e as SyncError: e
