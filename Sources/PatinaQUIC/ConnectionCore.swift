@@ -40,8 +40,11 @@ final class ConnectionCore: @unchecked Sendable {
     var connectionBlocked: [StreamCore] = []
     var datagrams: [OutgoingDatagram] = []
     /// Message datagrams sent and not yet acknowledged, by datagram id: sent
-    /// again on a stream if ngtcp2 declares them lost (see `QUICConnection.sendMessage`).
-    var unackedMessages: [UInt64: [UInt8]] = [:]
+    /// again on a stream if ngtcp2 declares them lost (see `QUICConnection.sendMessage`),
+    /// or if neither happens in time (see `expireUnackedMessages`).
+    var unackedMessages: [UInt64: UnackedMessage] = [:]
+    /// No unacknowledged message has a smaller id (ids only grow).
+    var oldestUnackedID: UInt64 = 0
     /// Lost message datagrams waiting to be re-sent on a stream (not from inside a callback).
     var lostMessages: [[UInt8]] = []
     var messagesResent: UInt64 = 0
@@ -60,6 +63,7 @@ final class ConnectionCore: @unchecked Sendable {
     var packetsSent: UInt64 = 0
     var packetsReceived: UInt64 = 0
     var datagramsLost: UInt64 = 0
+    var messagesPresumedLost: UInt64 = 0
     var sendDrops: UInt64 = 0
     var probeTimeouts: UInt64 = 0
 
@@ -324,6 +328,8 @@ final class ConnectionCore: @unchecked Sendable {
             if state == .closed { expiry = .max }
             return
         }
+        expireUnackedMessages(now: now)
+        // Does nothing to ngtcp2's timers that are not due (the deadline may have been ours).
         let rv = ngtcp2_conn_handle_expiry(conn, now)
         if rv != 0 {
             switch rv {
@@ -341,7 +347,7 @@ final class ConnectionCore: @unchecked Sendable {
 
     private func updateExpiry() {
         guard let conn, state == .handshaking || state == .established else { return }
-        expiry = ngtcp2_conn_get_expiry(conn)
+        expiry = min(ngtcp2_conn_get_expiry(conn), messageGiveUpDeadline() ?? .max)
     }
 
     // MARK: Sending
@@ -621,8 +627,18 @@ final class ConnectionCore: @unchecked Sendable {
     /// forgotten (their loss then goes unrepaired here, as for a plain datagram).
     static let maxUnackedMessages = 4096
 
+    /// A message datagram neither acknowledged nor declared lost after this many
+    /// probe timeouts is taken for lost. ngtcp2 0.12 never reports the loss of a DATAGRAM
+    /// frame whose packet it had reclaimed on a probe timeout (`rtb_on_pkt_lost` returns
+    /// early for PTO-reclaimed packets), which it does to a packet that also carried
+    /// stream data: without this such a message was gone for good, and a broadcast
+    /// change waited seconds for anti-entropy sync. Three PTOs leave ngtcp2's own loss
+    /// detection (a PTO, then an RTT for the probe's ack) time to act first.
+    static let messageGiveUpPTOs: UInt64 = 3
+
     func rememberUnacked(id: UInt64, _ bytes: [UInt8]) {
-        unackedMessages[id] = bytes
+        if unackedMessages.isEmpty { oldestUnackedID = id }
+        unackedMessages[id] = UnackedMessage(bytes: bytes, sentAt: endpoint.now)
         if unackedMessages.count > 2 * Self.maxUnackedMessages {
             let floor = id &- UInt64(Self.maxUnackedMessages)
             unackedMessages = unackedMessages.filter { $0.key > floor }
@@ -635,10 +651,42 @@ final class ConnectionCore: @unchecked Sendable {
 
     func messageDatagramLost(_ id: UInt64) {
         datagramsLost += 1
-        if let bytes = unackedMessages.removeValue(forKey: id) {
-            lostMessages.append(bytes)
+        if let message = unackedMessages.removeValue(forKey: id) {
+            lostMessages.append(message.bytes)
             endpoint.markDirty(self)
         }
+    }
+
+    /// The oldest unacknowledged message, skipping ids already settled.
+    private func oldestUnacked() -> UnackedMessage? {
+        guard !unackedMessages.isEmpty else { return nil }
+        while true {
+            if let m = unackedMessages[oldestUnackedID] { return m }
+            oldestUnackedID &+= 1
+        }
+    }
+
+    private func messageGiveUpAfter() -> UInt64 {
+        guard let conn else { return .max }
+        return Self.messageGiveUpPTOs * ngtcp2_conn_get_pto(conn)
+    }
+
+    private func messageGiveUpDeadline() -> UInt64? {
+        oldestUnacked().map { $0.sentAt &+ messageGiveUpAfter() }
+    }
+
+    /// Takes message datagrams unacknowledged for `messageGiveUpPTOs` probe timeouts
+    /// for lost: they go again on streams (the peer may then get one twice).
+    func expireUnackedMessages(now: UInt64) {
+        let giveUpAfter = messageGiveUpAfter()
+        var expired = false
+        while let oldest = oldestUnacked(), oldest.sentAt &+ giveUpAfter <= now {
+            unackedMessages[oldestUnackedID] = nil
+            lostMessages.append(oldest.bytes)
+            messagesPresumedLost += 1
+            expired = true
+        }
+        if expired { endpoint.markDirty(self) }
     }
 
     /// Sends lost message datagrams again, each as one whole uni stream.
@@ -752,7 +800,8 @@ final class ConnectionCore: @unchecked Sendable {
             latestRTT: .nanoseconds(Int64(stat.latest_rtt)), congestionWindow: stat.cwnd,
             bytesInFlight: stat.bytes_in_flight, bytesSent: bytesSent, bytesReceived: bytesReceived,
             packetsSent: packetsSent, packetsReceived: packetsReceived, probeTimeouts: probeTimeouts + UInt64(stat.pto_count),
-            datagramsLost: datagramsLost, messagesResent: messagesResent, sendDrops: sendDrops)
+            datagramsLost: datagramsLost, messagesResent: messagesResent,
+            messagesPresumedLost: messagesPresumedLost, sendDrops: sendDrops)
     }
 
     /// The largest datagram payload that fits the peer's limit and one packet, or nil when the
@@ -774,6 +823,12 @@ private let getConnCallback: @convention(c) (UnsafeMutablePointer<ngtcp2_crypto_
 }
 
 /// A DATAGRAM frame waiting to be written; a message's is re-sent on a stream if lost.
+struct UnackedMessage {
+    var bytes: [UInt8]
+    /// Endpoint clock (ns) when ngtcp2 took it into a packet.
+    var sentAt: UInt64
+}
+
 struct OutgoingDatagram {
     var bytes: [UInt8]
     var resendIfLost: Bool

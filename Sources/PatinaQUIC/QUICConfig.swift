@@ -114,8 +114,12 @@ public struct QUICConnectionStats: Sendable, Hashable {
     /// probe timeouts fired and DATAGRAM frames declared lost.
     public var probeTimeouts: UInt64
     public var datagramsLost: UInt64
-    /// Message datagrams (`QUICConnection.sendMessage`) declared lost and sent again on a stream.
+    /// Message datagrams (`QUICConnection.sendMessage`) declared lost, or presumed lost, and
+    /// sent again on a stream.
     public var messagesResent: UInt64
+    /// Of those, the ones neither acknowledged nor declared lost within three probe timeouts
+    /// (ngtcp2 0.12 leaves some losses unreported; see `ConnectionCore.messageGiveUpPTOs`).
+    public var messagesPresumedLost: UInt64
     /// UDP sends the kernel refused (socket buffer full), which QUIC recovers as loss.
     public var sendDrops: UInt64
 }

@@ -5,13 +5,15 @@ import Synchronization
 
 /// A UDP proxy on loopback between one client and one server that drops every
 /// `dropEvery`-th short-header packet from the client (the handshake's long-header
-/// packets always pass, so the connection comes up). Runs on its own thread until
-/// `stop()`; every wait is a bounded poll.
+/// packets always pass, so the connection comes up), and every one of them
+/// during a blackout. Runs on its own thread until `stop()`; every wait is a
+/// bounded poll.
 final class LossyProxy: Sendable {
     let address: QUICSocketAddress
     private let socket: Int32
     private let stopped = Atomic<Bool>(false)
     private let dropped = Atomic<Int>(0)
+    private let blackout = Atomic<Bool>(false)
 
     var droppedCount: Int { dropped.load(ordering: .relaxed) }
 
@@ -31,6 +33,11 @@ final class LossyProxy: Sendable {
         address = QUICSocketAddress(host: "127.0.0.1", port: UInt16(bigEndian: local.sin_port))
         let serverAddress = Self.loopbackAddress(port: server.port)
         Thread.detachNewThread { [self] in relay(server: serverAddress, dropEvery: dropEvery) }
+    }
+
+    /// While on, every short-header packet from the client is dropped.
+    func setBlackout(_ on: Bool) {
+        blackout.store(on, ordering: .relaxed)
     }
 
     func stop() {
@@ -64,7 +71,7 @@ final class LossyProxy: Sendable {
                 to = server
                 fromClient += 1
                 let shortHeader = buffer[0] & 0x80 == 0
-                if shortHeader && fromClient % dropEvery == 0 {
+                if shortHeader && (fromClient % dropEvery == 0 || blackout.load(ordering: .relaxed)) {
                     dropped.add(1, ordering: .relaxed)
                     continue
                 }
