@@ -49,6 +49,13 @@ import Testing
         #expect(p50 >= Self.eccentricity(shortest) - 2 * topology.jitterMilliseconds - slack)
         #expect(outcome.emulator.forwarded > 0 && outcome.emulator.droppedUnknownSource == 0)
 
+        // The nodes' counters: every node applied the other nodes' writes, and
+        // broadcast carried them (sync may add what was in flight).
+        let delivery = outcome.delivery
+        let fresh = delivery.received - delivery.duplicates
+        #expect(delivery.local >= Double(regions.count * 20), "\(delivery)")
+        #expect(fresh + delivery.syncPulled >= delivery.local * Double(report.nodeCount - 1) * 0.99, "\(delivery)")
+
         // Every node labels its own lag histogram by the origin's region.
         for region in regions {
             let lag = try #require(outcome.nodeLagByOriginRegion[region], "no lag samples labelled \(region)")

@@ -35,23 +35,27 @@ public struct RegionsBenchmark: Sendable {
         public var errors: [String]
         /// What the measured writes cost, summed over the whole cluster.
         public var cost: Cost
+        /// How changesets reached the nodes, summed over nodes (whole run).
+        public var delivery: Delivery
     }
 
-    /// Resources used from the first measured write until every write was
-    /// visible (or the settle time ran out), per accepted write.
-    public struct Cost: Sendable {
-        /// CPU of all agents, milliseconds per write.
-        public var agentCPUMillisecondsPerWrite: Double
-        /// CPU of this process (probe writers and watchers, WAN emulator).
-        public var benchCPUMillisecondsPerWrite: Double
-        /// Datagrams that entered the emulator, per write.
-        public var datagramsPerWrite: Double
-        public var nodes: Int
+    /// The nodes' broadcast and sync counters at the end of the run, summed:
+    /// how many copies broadcast spent per change, and what it left to sync.
+    public struct Delivery: Sendable {
+        /// Changesets committed locally (the writes, warm-up included).
+        public var local: Double = 0
+        /// Broadcast copies received, and those already seen.
+        public var received: Double = 0
+        public var duplicates: Double = 0
+        /// Changesets pulled by anti-entropy sync (in flight ones included).
+        public var syncPulled: Double = 0
+        public var nodes = 0
 
         public var description: String {
-            String(format: "cost per write: agents %.2f ms CPU (%.3f ms per node), this process %.2f ms CPU, %.1f datagrams",
-                   agentCPUMillisecondsPerWrite, agentCPUMillisecondsPerWrite / Double(max(1, nodes)),
-                   benchCPUMillisecondsPerWrite, datagramsPerWrite)
+            let fresh = received - duplicates
+            let due = local * Double(max(0, nodes - 1))
+            return String(format: "delivery: broadcast brought %.0f of the %.0f changes due (%.2f copies each, %.0f%% duplicates); sync pulled %.0f changesets",
+                          fresh, due, received / max(1, fresh), 100 * duplicates / max(1, received), syncPulled)
         }
     }
 
@@ -127,7 +131,7 @@ public struct RegionsBenchmark: Sendable {
             datagramsPerWrite: Double(emulator.stats.received - datagramsBefore) / accepted,
             nodes: probeNodes.count)
         probe.stop()
-        let lag = Self.scrapeLag(cluster.nodes)
+        let (lag, delivery) = Self.scrapeNodeMetrics(cluster.nodes)
 
         let metadata = LatencyReport.Metadata(
             title: "patina bench regions: \(probeNodes.count) nodes in \(topology.regions.count) regions",
@@ -140,7 +144,8 @@ public struct RegionsBenchmark: Sendable {
             floorMilliseconds: { topology.oneWayMilliseconds(from: $0, to: $1) })
         var errors = probe.errors
         if measured.failedWrites > 0 { errors.insert("\(measured.failedWrites) writes failed", at: 0) }
-        return Outcome(report: report, emulator: emulator.stats, nodeLagByOriginRegion: lag, errors: errors, cost: cost)
+        return Outcome(report: report, emulator: emulator.stats, nodeLagByOriginRegion: lag, errors: errors, cost: cost,
+                       delivery: delivery)
     }
 
     static func ownCPUSeconds() -> Double {
@@ -150,13 +155,26 @@ public struct RegionsBenchmark: Sendable {
         return seconds(usage.ru_utime) + seconds(usage.ru_stime)
     }
 
-    /// Sums every node's lag histogram per `origin_region` label.
-    static func scrapeLag(_ nodes: [LocalCluster.Node]) -> [String: (count: Double, sumSeconds: Double)] {
+    /// Sums every node's lag histogram per `origin_region` label, and its
+    /// broadcast and sync counters.
+    static func scrapeNodeMetrics(_ nodes: [LocalCluster.Node]) -> ([String: (count: Double, sumSeconds: Double)], Delivery) {
         var totals: [String: (count: Double, sumSeconds: Double)] = [:]
+        var delivery = Delivery()
+        delivery.nodes = nodes.count
+        let counters: [(String, WritableKeyPath<Delivery, Double>)] = [
+            ("patina_broadcast_changesets_total{kind=\"local\"} ", \.local),
+            ("patina_broadcast_changesets_total{kind=\"received\"} ", \.received),
+            ("patina_broadcast_changesets_total{kind=\"duplicate\"} ", \.duplicates),
+            ("patina_sync_changesets_total{direction=\"pulled\"} ", \.syncPulled),
+        ]
         for node in nodes {
             let client = HTTPClient(target: .tcp(host: "127.0.0.1", port: node.metricsPort))
             guard let text = try? client.send("GET", "/metrics").text else { continue }
-            for line in text.split(separator: "\n") where line.hasPrefix("patina_propagation_lag_seconds_") {
+            for line in text.split(separator: "\n") {
+                for (prefix, field) in counters where line.hasPrefix(prefix) {
+                    delivery[keyPath: field] += Double(line.dropFirst(prefix.count)) ?? 0
+                }
+                guard line.hasPrefix("patina_propagation_lag_seconds_") else { continue }
                 guard let labelStart = line.range(of: "origin_region=\""),
                       let labelEnd = line[labelStart.upperBound...].firstIndex(of: "\""),
                       let value = line.split(separator: " ").last.flatMap({ Double($0) }) else { continue }
@@ -165,6 +183,6 @@ public struct RegionsBenchmark: Sendable {
                 if line.hasPrefix("patina_propagation_lag_seconds_sum") { totals[region, default: (0, 0)].sumSeconds += value }
             }
         }
-        return totals
+        return (totals, delivery)
     }
 }
