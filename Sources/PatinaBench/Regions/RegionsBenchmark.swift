@@ -51,11 +51,33 @@ public struct RegionsBenchmark: Sendable {
         public var syncPulled: Double = 0
         public var nodes = 0
 
+        /// Changes due: every local write on every other node.
+        public var due: Double { local * Double(max(0, nodes - 1)) }
+        /// Broadcast and sync together applied every change due.
+        public var accountsForEveryChange: Bool { received - duplicates + syncPulled >= due }
+
         public var description: String {
             let fresh = received - duplicates
-            let due = local * Double(max(0, nodes - 1))
             return String(format: "delivery: broadcast brought %.0f of the %.0f changes due (%.2f copies each, %.0f%% duplicates); sync pulled %.0f changesets",
                           fresh, due, received / max(1, fresh), 100 * duplicates / max(1, received), syncPulled)
+        }
+    }
+
+    /// Resources used from the first measured write until every write was
+    /// visible (or the settle time ran out), per accepted write.
+    public struct Cost: Sendable {
+        /// CPU of all agents, milliseconds per write.
+        public var agentCPUMillisecondsPerWrite: Double
+        /// CPU of this process (probe writers and watchers, WAN emulator).
+        public var benchCPUMillisecondsPerWrite: Double
+        /// Datagrams that entered the emulator, per write.
+        public var datagramsPerWrite: Double
+        public var nodes: Int
+
+        public var description: String {
+            String(format: "cost per write: agents %.2f ms CPU (%.3f ms per node), this process %.2f ms CPU, %.1f datagrams",
+                   agentCPUMillisecondsPerWrite, agentCPUMillisecondsPerWrite / Double(max(1, nodes)),
+                   benchCPUMillisecondsPerWrite, datagramsPerWrite)
         }
     }
 
@@ -131,7 +153,14 @@ public struct RegionsBenchmark: Sendable {
             datagramsPerWrite: Double(emulator.stats.received - datagramsBefore) / accepted,
             nodes: probeNodes.count)
         probe.stop()
-        let (lag, delivery) = Self.scrapeNodeMetrics(cluster.nodes)
+        // Nodes export their counters once a second: poll until they account
+        // for every change due (every write is visible by now), for up to 3 s.
+        var (lag, delivery) = Self.scrapeNodeMetrics(cluster.nodes)
+        let scrapeDeadline = ContinuousClock.now + .seconds(3)
+        while !delivery.accountsForEveryChange && ContinuousClock.now < scrapeDeadline {
+            Thread.sleep(forTimeInterval: 0.1)
+            (lag, delivery) = Self.scrapeNodeMetrics(cluster.nodes)
+        }
 
         let metadata = LatencyReport.Metadata(
             title: "patina bench regions: \(probeNodes.count) nodes in \(topology.regions.count) regions",
