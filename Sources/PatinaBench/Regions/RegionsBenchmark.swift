@@ -41,7 +41,7 @@ public struct RegionsBenchmark: Sendable {
 
     /// The nodes' broadcast and sync counters at the end of the run, summed:
     /// how many copies broadcast spent per change, and what it left to sync.
-    public struct Delivery: Sendable {
+    public struct Delivery: Sendable, Equatable {
         /// Changesets committed locally (the writes, warm-up included).
         public var local: Double = 0
         /// Broadcast copies received, and those already seen.
@@ -153,13 +153,17 @@ public struct RegionsBenchmark: Sendable {
             datagramsPerWrite: Double(emulator.stats.received - datagramsBefore) / accepted,
             nodes: probeNodes.count)
         probe.stop()
-        // Nodes export their counters once a second: poll until they account
-        // for every change due (every write is visible by now), for up to 3 s.
+        // Nodes export their counters once a second: scrape until two scrapes
+        // an export interval apart agree (every write is visible by now, so
+        // they settle), for up to 5 s.
         var (lag, delivery) = Self.scrapeNodeMetrics(cluster.nodes)
-        let scrapeDeadline = ContinuousClock.now + .seconds(3)
-        while !delivery.accountsForEveryChange && ContinuousClock.now < scrapeDeadline {
-            Thread.sleep(forTimeInterval: 0.1)
-            (lag, delivery) = Self.scrapeNodeMetrics(cluster.nodes)
+        let scrapeDeadline = ContinuousClock.now + .seconds(5)
+        while ContinuousClock.now < scrapeDeadline {
+            Thread.sleep(forTimeInterval: 1.1)
+            let (nextLag, next) = Self.scrapeNodeMetrics(cluster.nodes)
+            let settled = next == delivery && next.accountsForEveryChange
+            (lag, delivery) = (nextLag, next)
+            if settled { break }
         }
 
         let metadata = LatencyReport.Metadata(
