@@ -1,3 +1,4 @@
+import Foundation
 @testable import PatinaCluster
 import PatinaCore
 import PatinaStore
@@ -55,6 +56,7 @@ import Testing
 
         let qa = ApplyQueue(store: a), qb = ApplyQueue(store: b), qc = ApplyQueue(store: c)
         var config = SyncConfig()
+        config.inFlightGrace = .zero  // these writes are fresh: serve them at once
         config.maxChangesPerFrame = 1000
         config.maxBytesPerFrame = 64 * 1024
         let sa = SyncShell(store: a, config: config, seed: 1) { await qa.enqueue($0) }
@@ -175,6 +177,7 @@ import Testing
         let a = try makeSyncStore(dir, "a.db"), b = try makeSyncStore(dir, "b.db")
         _ = try Self.insert(a, 1)
         var config = SyncConfig()
+        config.inFlightGrace = .zero  // these writes are fresh: serve them at once
         config.maxServedSessions = 1
         let server = SyncShell(store: a, config: config, seed: 1) { _ in }
         let client = SyncShell(store: b, seed: 2) { cs in _ = try? b.merge(cs) }
@@ -230,6 +233,7 @@ import Testing
         let a = try makeSyncStore(dir, "a.db"), b = try makeSyncStore(dir, "b.db")
         for i in 1...20 as ClosedRange<Int64> { _ = try Self.insert(a, i) }
         var config = SyncConfig()
+        config.inFlightGrace = .zero  // these writes are fresh: serve them at once
         config.jitter = 0
         let server = SyncShell(store: a, config: config, seed: 1) { _ in }
         let client = SyncShell(store: b, config: config, seed: 2) { cs in _ = try? b.merge(cs) }
@@ -252,6 +256,29 @@ import Testing
         // The server counts a session once it has finished its side, just after the client saw the end.
         #expect(await eventually { await server.stats.servedOK == 2 })
         #expect(await server.stats.changesetsServed == 20)
+    }
+
+    @Test func changesStillInFlightAreHeldBackUntilTheGracePasses() async throws {
+        let dir = SyncTempDir()
+        let a = try makeSyncStore(dir, "a.db"), b = try makeSyncStore(dir, "b.db")
+        for i in 1...5 as ClosedRange<Int64> { _ = try Self.insert(a, i) }
+        var config = SyncConfig()
+        config.inFlightGrace = .seconds(2)
+        let skew = Mutex<UInt64>(0)
+        let server = SyncShell(store: a, config: config, seed: 1,
+                               wallClockMilliseconds: { UInt64(Date().timeIntervalSince1970 * 1000) + skew.withLock { $0 } }) { _ in }
+        let client = SyncShell(store: b, seed: 2) { cs in _ = try? b.merge(cs) }
+        // Just written: broadcast is still on it, so the server sends none of it.
+        let (early, earlyServed) = try await Self.session(client: client, server: server, seed: 1)
+        #expect(!early.foundMissing && earlyServed.heldBack == 5)
+        #expect(try allRows(b).isEmpty)
+        // Three seconds on, the same changes are no longer in flight.
+        skew.withLock { $0 = 3000 }
+        let (late, lateServed) = try await Self.session(client: client, server: server, seed: 2)
+        #expect(late.changesetsReceived == 5 && lateServed.heldBack == 0)
+        #expect(try allRows(b) == allRows(a))
+        let stats = await server.stats
+        #expect(stats.changesetsHeldBack == 5 && stats.changesetsServed == 5)
     }
 
     @Test func aRoundWhosePeerCannotBeReachedCountsAsFailed() async throws {

@@ -37,6 +37,7 @@ struct ClusterMetrics {
         count("patina_sync_sessions_total", ("result", "serve_failed"), s.servedFailed)
         count("patina_sync_changesets_total", ("direction", "pulled"), s.changesetsPulled)
         count("patina_sync_changesets_total", ("direction", "served"), s.changesetsServed)
+        count("patina_sync_changesets_total", ("direction", "held_back"), s.changesetsHeldBack)
         count("patina_sync_changes_pulled_total", nil, s.changesPulled)
         applyDepth.record(applyQueueDepth)
         for (state, gauge) in members { gauge.record(memberStates.filter { $0 == state }.count) }

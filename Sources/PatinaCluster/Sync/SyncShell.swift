@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import PatinaCore
 import PatinaStore
@@ -67,6 +68,8 @@ public struct SyncServeReport: Sendable, Hashable {
     public var needs = 0
     public var frames = 0
     public var changesetsSent = 0
+    /// Changesets left out as still in flight (`SyncConfig.inFlightGrace`).
+    public var heldBack = 0
 }
 
 /// What sync did since the shell started, for the metrics endpoint.
@@ -85,6 +88,8 @@ public struct SyncStats: Sendable, Hashable {
     public var servedBusy = 0
     public var servedFailed = 0
     public var changesetsServed = 0
+    /// Changesets left out of served sessions as still in flight (`inFlightGrace`).
+    public var changesetsHeldBack = 0
 }
 
 /// Runs sync sessions over ``SyncStream``s and the ``SyncStateMachine`` that
@@ -101,15 +106,22 @@ public actor SyncShell {
     private let worker: BlockingExecutor
     private let apply: @Sendable ([Changeset]) async -> Void
     private let logger: Logger
+    private let wallClockMilliseconds: @Sendable () -> UInt64
     private var machine: SyncStateMachine
     private var started = false
     private var counts = SyncStats()
 
-    /// - Parameter apply: receives each pulled chunk; awaiting it is the
-    ///   session's backpressure (hand it to ``ApplyQueue/enqueue(_:)``).
+    /// - Parameters:
+    ///   - wallClockMilliseconds: Unix time in ms, compared with the origin's
+    ///     hybrid timestamps for `inFlightGrace`.
+    ///   - apply: receives each pulled chunk; awaiting it is the session's
+    ///     backpressure (hand it to ``ApplyQueue/enqueue(_:)``).
     public init(store: Store, config: SyncConfig = SyncConfig(), seed: UInt64, worker: BlockingExecutor = BlockingExecutor(label: "patina.sync"),
-                logger: Logger = Logger(label: "patina.sync"), apply: @escaping @Sendable ([Changeset]) async -> Void) {
+                logger: Logger = Logger(label: "patina.sync"),
+                wallClockMilliseconds: @escaping @Sendable () -> UInt64 = { UInt64(max(0, Date().timeIntervalSince1970 * 1000)) },
+                apply: @escaping @Sendable ([Changeset]) async -> Void) {
         self.store = store
+        self.wallClockMilliseconds = wallClockMilliseconds
         self.config = config
         self.worker = worker
         self.apply = apply
@@ -271,8 +283,15 @@ public actor SyncShell {
             let needs = SyncState.needs(local: remote, remote: local)
             report.needs = needs.count
             var chunker = SyncChunker(maxChanges: config.maxChangesPerFrame, maxBytes: config.maxBytesPerFrame)
+            let (graceSeconds, graceAttoseconds) = config.inFlightGrace.components
+            let graceMilliseconds = UInt64(max(0, graceSeconds * 1000 + graceAttoseconds / 1_000_000_000_000_000))
+            let newest = wallClockMilliseconds() &- graceMilliseconds
             for need in needs {
                 for c in try await fetch(need) {
+                    if case .changes(_, _, _, _, let ts) = c.content, config.inFlightGrace > .zero, ts.milliseconds > newest {
+                        report.heldBack += 1
+                        continue
+                    }
                     for frame in chunker.add(c) {
                         report.frames += 1
                         report.changesetsSent += frame.count
@@ -289,6 +308,7 @@ public actor SyncShell {
             try await withSyncTimeout(config.ioTimeout) { try await stream.finish() }
             counts.servedOK += 1
             counts.changesetsServed += report.changesetsSent
+            counts.changesetsHeldBack += report.heldBack
             return report
         } catch {
             counts.servedFailed += 1
