@@ -1,4 +1,3 @@
-import Foundation
 @testable import PatinaCluster
 import PatinaCore
 import PatinaStore
@@ -261,19 +260,24 @@ import Testing
     @Test func changesStillInFlightAreHeldBackUntilTheGracePasses() async throws {
         let dir = SyncTempDir()
         let a = try makeSyncStore(dir, "a.db"), b = try makeSyncStore(dir, "b.db")
-        for i in 1...5 as ClosedRange<Int64> { _ = try Self.insert(a, i) }
+        var written: [Changeset] = []
+        for i in 1...5 as ClosedRange<Int64> { written += try Self.insert(a, i) }
+        // The server's wall clock is driven by hand, starting at the newest commit.
+        let newest = written.compactMap { c -> UInt64? in
+            if case .changes(_, _, _, _, let ts) = c.content { return ts.milliseconds }
+            return nil
+        }.max() ?? 0
         var config = SyncConfig()
         config.inFlightGrace = .seconds(2)
-        let skew = Mutex<UInt64>(0)
-        let server = SyncShell(store: a, config: config, seed: 1,
-                               wallClockMilliseconds: { UInt64(Date().timeIntervalSince1970 * 1000) + skew.withLock { $0 } }) { _ in }
+        let now = Mutex<UInt64>(newest)
+        let server = SyncShell(store: a, config: config, seed: 1, wallClockMilliseconds: { now.withLock { $0 } }) { _ in }
         let client = SyncShell(store: b, seed: 2) { cs in _ = try? b.merge(cs) }
         // Just written: broadcast is still on it, so the server sends none of it.
         let (early, earlyServed) = try await Self.session(client: client, server: server, seed: 1)
         #expect(!early.foundMissing && earlyServed.heldBack == 5)
         #expect(try allRows(b).isEmpty)
         // Three seconds on, the same changes are no longer in flight.
-        skew.withLock { $0 = 3000 }
+        now.withLock { $0 = newest + 3000 }
         let (late, lateServed) = try await Self.session(client: client, server: server, seed: 2)
         #expect(late.changesetsReceived == 5 && lateServed.heldBack == 0)
         #expect(try allRows(b) == allRows(a))
