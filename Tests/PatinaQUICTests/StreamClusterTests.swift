@@ -3,7 +3,8 @@ import Testing
 
 @testable import PatinaQUIC
 
-/// A connected pair of endpoints on loopback with good certificates.
+/// A connected pair of endpoints on loopback with good certificates, the
+/// client's packets optionally through a ``LossyProxy``.
 struct Pair {
     let pki: TestPKI
     let logs = LogCapture()
@@ -11,8 +12,10 @@ struct Pair {
     let client: QUICEndpoint
     let clientSide: QUICConnection
     let serverSide: QUICConnection
+    var proxy: LossyProxy?
 
-    static func make(idle: Duration = .seconds(10), tweak: (inout QUICEndpointConfig) -> Void = { _ in }) async throws -> Pair {
+    static func make(idle: Duration = .seconds(10), proxyDroppingEvery dropEvery: Int? = nil,
+                     tweak: (inout QUICEndpointConfig) -> Void = { _ in }) async throws -> Pair {
         let pki = try TestPKI()
         let logs = LogCapture()
         var serverConfig = config(try pki.node("server"), idle: idle)
@@ -25,10 +28,13 @@ struct Pair {
             for await c in server.incomingConnections { return c }
             return nil
         }
-        let address = server.localAddress
+        let proxy = try dropEvery.map { try LossyProxy(to: server.localAddress, dropEvery: $0) }
+        let address = proxy?.address ?? server.localAddress
         let clientSide = try await withDeadline(.seconds(10)) { try await client.connect(to: address) }
         let serverSide = try #require(await accepted.value)
-        return Pair(pki: pki, server: server, client: client, clientSide: clientSide, serverSide: serverSide)
+        var pair = Pair(pki: pki, server: server, client: client, clientSide: clientSide, serverSide: serverSide)
+        pair.proxy = proxy
+        return pair
     }
 
     init(pki: TestPKI, server: QUICEndpoint, client: QUICEndpoint, clientSide: QUICConnection, serverSide: QUICConnection) {
@@ -40,6 +46,7 @@ struct Pair {
     }
 
     func shutdown() async {
+        proxy?.stop()
         await client.close()
         await server.close()
         pki.remove()
@@ -369,17 +376,8 @@ struct MessageClusterTests {
     }
 
     @Test func lostMessageDatagramsAreResentOnStreams() async throws {
-        let pki = try TestPKI()
-        let logs = LogCapture()
-        let server = try QUICEndpoint(bind: loopback, config: config(try pki.node("server")), logger: logs.logger("server"))
-        let client = try QUICEndpoint(bind: loopback, config: config(try pki.node("client")), logger: logs.logger("client"))
-        let proxy = try LossyProxy(to: server.localAddress, dropEvery: 4)
-        let accepted = Task { () -> QUICConnection? in
-            for await c in server.incomingConnections { return c }
-            return nil
-        }
-        let clientSide = try await withDeadline(.seconds(10)) { try await client.connect(to: proxy.address) }
-        let serverSide = try #require(await accepted.value)
+        let pair = try await Pair.make(proxyDroppingEvery: 4)
+        let (clientSide, serverSide, proxy) = (pair.clientSide, pair.serverSide, try #require(pair.proxy))
         let count = 200
         let received = Self.receive(count, on: serverSide)
         for i in 0..<count { try await clientSide.sendMessage(pattern(i, count: 50 + i % 100)) }
@@ -389,10 +387,7 @@ struct MessageClusterTests {
         #expect(proxy.droppedCount > 0)
         let stats = try #require(await clientSide.stats())
         #expect(stats.messagesResent > 0)
-        proxy.stop()
-        await client.close()
-        await server.close()
-        pki.remove()
+        await pair.shutdown()
     }
 
     /// ngtcp2 0.12 does not report a lost DATAGRAM frame whose packet it had
@@ -400,17 +395,8 @@ struct MessageClusterTests {
     /// also carried stream data. Each round here loses such a packet in a
     /// blackout that outlasts a probe timeout: every message must still arrive.
     @Test func messagesLostWithStreamDataInABlackoutArrive() async throws {
-        let pki = try TestPKI()
-        let logs = LogCapture()
-        let server = try QUICEndpoint(bind: loopback, config: config(try pki.node("server")), logger: logs.logger("server"))
-        let client = try QUICEndpoint(bind: loopback, config: config(try pki.node("client")), logger: logs.logger("client"))
-        let proxy = try LossyProxy(to: server.localAddress, dropEvery: .max)
-        let accepted = Task { () -> QUICConnection? in
-            for await c in server.incomingConnections { return c }
-            return nil
-        }
-        let clientSide = try await withDeadline(.seconds(10)) { try await client.connect(to: proxy.address) }
-        let serverSide = try #require(await accepted.value)
+        let pair = try await Pair.make(proxyDroppingEvery: .max)
+        let (clientSide, serverSide, proxy) = (pair.clientSide, pair.serverSide, try #require(pair.proxy))
         let rounds = 6
         let messages = (0..<rounds).map { pattern($0, count: 40) }
         let streams = (0..<rounds).map { pattern(1000 + $0, count: 30) }
@@ -430,10 +416,7 @@ struct MessageClusterTests {
         let stats = try #require(await clientSide.stats())
         #expect(stats.messagesPresumedLost > 0, "the losses ngtcp2 did not report were caught here")
         #expect(proxy.droppedCount > 0)
-        proxy.stop()
-        await client.close()
-        await server.close()
-        pki.remove()
+        await pair.shutdown()
     }
 }
 
