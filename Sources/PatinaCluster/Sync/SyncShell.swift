@@ -59,7 +59,9 @@ public struct SyncSessionReport: Sendable, Hashable {
     public var frames = 0
     public var changesetsReceived = 0
     public var changesReceived = 0
-    public var foundMissing: Bool { changesetsReceived > 0 }
+    /// The peer had something this node lacks, sent or held back as still in
+    /// flight (`inFlightGrace`): either way the next round should come soon.
+    public var foundMissing: Bool { changesetsReceived > 0 || needs > 0 }
 }
 
 /// What a served session sent.
