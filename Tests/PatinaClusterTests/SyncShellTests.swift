@@ -284,6 +284,14 @@ import Testing
         #expect(try allRows(b) == allRows(a))
         let stats = await server.stats
         #expect(stats.changesetsHeldBack == 5 && stats.changesetsServed == 5)
+
+        // A server whose clock is 10 s behind sees the writes 10 s in the future:
+        // a clock that is off, not a change in flight, so they are served at once.
+        let c = try makeSyncStore(dir, "c.db")
+        now.withLock { $0 = newest - 10_000 }
+        let third = SyncShell(store: c, seed: 3) { cs in _ = try? c.merge(cs) }
+        let (behind, behindServed) = try await Self.session(client: third, server: server, seed: 3)
+        #expect(behind.changesetsReceived == 5 && behindServed.heldBack == 0)
     }
 
     @Test func aRoundWhosePeerCannotBeReachedCountsAsFailed() async throws {

@@ -287,10 +287,15 @@ public actor SyncShell {
             var chunker = SyncChunker(maxChanges: config.maxChangesPerFrame, maxBytes: config.maxBytesPerFrame)
             let (graceSeconds, graceAttoseconds) = config.inFlightGrace.components
             let graceMilliseconds = UInt64(max(0, graceSeconds * 1000 + graceAttoseconds / 1_000_000_000_000_000))
-            let newest = wallClockMilliseconds() &- graceMilliseconds
+            // In flight: committed within the grace, by this node's clock. A timestamp
+            // further ahead than the grace comes from a clock that is off: holding
+            // those back would leave that node's lost changes unrepaired until this
+            // clock caught up, so they are served.
+            let now = wallClockMilliseconds()
+            let inFlight = now.saturatingSubtract(graceMilliseconds)...(now &+ graceMilliseconds)
             for need in needs {
                 for c in try await fetch(need) {
-                    if case .changes(_, _, _, _, let ts) = c.content, config.inFlightGrace > .zero, ts.milliseconds > newest {
+                    if case .changes(_, _, _, _, let ts) = c.content, graceMilliseconds > 0, inFlight.contains(ts.milliseconds) {
                         report.heldBack += 1
                         continue
                     }
@@ -470,4 +475,8 @@ func withSyncTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable
         guard let first = try await group.next(), let value = first else { throw SyncError.timeout }
         return value
     }
+}
+
+extension UInt64 {
+    fileprivate func saturatingSubtract(_ other: UInt64) -> UInt64 { self > other ? self - other : 0 }
 }

@@ -39,7 +39,9 @@ public struct SyncConfig: Sendable {
     /// than this long ago: broadcast is still delivering them. Pulling them too
     /// merged them twice; in `bench regions` at 300 writes/s that was one merge
     /// in ten. A later round brings them if broadcast did not (rounds run every
-    /// second while they find something). Zero: serve everything.
+    /// second while they find something). Timestamps more than this far ahead
+    /// of the server's clock are served at once (that origin's clock is off).
+    /// Zero: serve everything.
     public var inFlightGrace: Duration = .seconds(2)
 
     public init() {}
