@@ -25,6 +25,18 @@ import Testing
         #expect([latency.p50, latency.p99, latency.max] == Array(repeating: .milliseconds(7.5), count: 3))
     }
 
+    @Test func sustainedRateCountsAnsweredWritesFromFirstToLastAnswer() {
+        let writes = [
+            ProbeMeasurements.Write(id: 1, origin: 0, answeredAt: 5_000_000_000),
+            ProbeMeasurements.Write(id: 2, origin: 1, answeredAt: nil),  // failed: not counted
+            ProbeMeasurements.Write(id: 3, origin: 0, answeredAt: 5_500_000_000),
+            ProbeMeasurements.Write(id: 4, origin: 1, answeredAt: 6_000_000_000),
+        ]
+        let measured = ProbeMeasurements(nodes: [], writes: writes, seen: [], rttMilliseconds: [])
+        #expect(measured.sustainedWritesPerSecond == 2)
+        #expect(ProbeMeasurements(nodes: [], writes: Array(writes.prefix(2)), seen: [], rttMilliseconds: []).sustainedWritesPerSecond == 0)
+    }
+
     @Test func noSamplesHaveNoPercentiles() {
         let latency = LatencyReport.Distribution(observed: [])
         #expect([latency.p50, latency.p99, latency.max] == Array(repeating: .noSamples, count: 3))

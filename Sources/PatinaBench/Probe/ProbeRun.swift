@@ -31,6 +31,12 @@ public struct ProbeMeasurements: Sendable {
     /// Per node: round-trip time of a small request to its API, milliseconds (min of several).
     public var rttMilliseconds: [Double]
     public var failedWrites: Int { writes.filter { $0.answeredAt == nil }.count }
+    /// Answered writes per second, from the first answer to the last.
+    public var sustainedWritesPerSecond: Double {
+        let answers = writes.compactMap(\.answeredAt)
+        guard answers.count > 1, let first = answers.min(), let last = answers.max(), last > first else { return 0 }
+        return Double(answers.count - 1) / (Double(last - first) / 1e9)
+    }
 
     /// One observation per (write, other node): commit on the origin until the
     /// update event left the destination.

@@ -73,11 +73,14 @@ public struct RegionsBenchmark: Sendable {
         /// Datagrams that entered the emulator, per write.
         public var datagramsPerWrite: Double
         public var nodes: Int
+        /// Writes per second the nodes' APIs actually answered (first to last
+        /// answer); below the asked rate when the cluster cannot keep up.
+        public var sustainedWritesPerSecond: Double
 
         public var description: String {
-            String(format: "cost per write: agents %.2f ms CPU (%.3f ms per node), this process %.2f ms CPU, %.1f datagrams",
+            String(format: "cost per write: agents %.2f ms CPU (%.3f ms per node), this process %.2f ms CPU, %.1f datagrams; %.0f writes/s sustained",
                    agentCPUMillisecondsPerWrite, agentCPUMillisecondsPerWrite / Double(max(1, nodes)),
-                   benchCPUMillisecondsPerWrite, datagramsPerWrite)
+                   benchCPUMillisecondsPerWrite, datagramsPerWrite, sustainedWritesPerSecond)
         }
     }
 
@@ -151,7 +154,7 @@ public struct RegionsBenchmark: Sendable {
             agentCPUMillisecondsPerWrite: (cluster.agentCPUSeconds() - agentCPUBefore) * 1000 / accepted,
             benchCPUMillisecondsPerWrite: (Self.ownCPUSeconds() - benchCPUBefore) * 1000 / accepted,
             datagramsPerWrite: Double(emulator.stats.received - datagramsBefore) / accepted,
-            nodes: probeNodes.count)
+            nodes: probeNodes.count, sustainedWritesPerSecond: measured.sustainedWritesPerSecond)
         probe.stop()
         // Nodes export their counters once a second: scrape until two scrapes
         // an export interval apart agree (every write is visible by now, so
