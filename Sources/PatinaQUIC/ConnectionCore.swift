@@ -628,13 +628,18 @@ final class ConnectionCore: @unchecked Sendable {
     static let maxUnackedMessages = 4096
 
     /// A message datagram neither acknowledged nor declared lost after this many
-    /// probe timeouts is taken for lost. ngtcp2 0.12 never reports the loss of a DATAGRAM
-    /// frame whose packet it had reclaimed on a probe timeout (`rtb_on_pkt_lost` returns
-    /// early for PTO-reclaimed packets), which it does to a packet that also carried
-    /// stream data: without this such a message was gone for good, and a broadcast
-    /// change waited seconds for anti-entropy sync. Three PTOs leave ngtcp2's own loss
-    /// detection (a PTO, then an RTT for the probe's ack) time to act first.
+    /// probe timeouts (and at least `messageGiveUpFloor`) is taken for lost. ngtcp2 0.12
+    /// never reports the loss of a DATAGRAM frame whose packet it had reclaimed on a probe
+    /// timeout (`rtb_on_pkt_lost` returns early for PTO-reclaimed packets), and it reclaims
+    /// any lost packet that also carried a retransmittable frame (stream data, flow-control
+    /// credit, …): without this such a message was gone for good, and a broadcast change
+    /// waited seconds for anti-entropy sync. Three PTOs leave ngtcp2's own loss detection
+    /// (a PTO, then an RTT for the probe's ack) time to act first.
     static let messageGiveUpPTOs: UInt64 = 3
+    /// Inside a region three PTOs are under 100 ms; a receiver busy for longer would get
+    /// every message twice (datagram and stream), adding load exactly when it has none to
+    /// spare. The floor keeps that to stalls of half a second.
+    static let messageGiveUpFloor: UInt64 = 500_000_000
 
     func rememberUnacked(id: UInt64, _ bytes: [UInt8]) {
         if unackedMessages.isEmpty { oldestUnackedID = id }
@@ -666,21 +671,24 @@ final class ConnectionCore: @unchecked Sendable {
         }
     }
 
-    private func messageGiveUpAfter() -> UInt64 {
-        guard let conn else { return .max }
-        return Self.messageGiveUpPTOs * ngtcp2_conn_get_pto(conn)
+    private func messageGiveUpAfter() -> UInt64? {
+        guard let conn else { return nil }
+        let (ptos, overflow) = Self.messageGiveUpPTOs.multipliedReportingOverflow(by: ngtcp2_conn_get_pto(conn))
+        return overflow ? nil : max(ptos, Self.messageGiveUpFloor)
     }
 
     private func messageGiveUpDeadline() -> UInt64? {
-        oldestUnacked().map { $0.sentAt &+ messageGiveUpAfter() }
+        guard let after = messageGiveUpAfter(), let oldest = oldestUnacked() else { return nil }
+        let (deadline, overflow) = oldest.sentAt.addingReportingOverflow(after)
+        return overflow ? nil : deadline
     }
 
-    /// Takes message datagrams unacknowledged for `messageGiveUpPTOs` probe timeouts
-    /// for lost: they go again on streams (the peer may then get one twice).
+    /// Takes message datagrams unacknowledged for `messageGiveUpAfter` for lost: they go
+    /// again on streams (the peer may then get one twice).
     func expireUnackedMessages(now: UInt64) {
-        let giveUpAfter = messageGiveUpAfter()
+        guard let giveUpAfter = messageGiveUpAfter() else { return }
         var expired = false
-        while let oldest = oldestUnacked(), oldest.sentAt &+ giveUpAfter <= now {
+        while let oldest = oldestUnacked(), oldest.sentAt < now, now - oldest.sentAt >= giveUpAfter {
             unackedMessages[oldestUnackedID] = nil
             lostMessages.append(oldest.bytes)
             messagesPresumedLost += 1
@@ -822,13 +830,14 @@ private let getConnCallback: @convention(c) (UnsafeMutablePointer<ngtcp2_crypto_
     return ConnectionCore.from(user).conn
 }
 
-/// A DATAGRAM frame waiting to be written; a message's is re-sent on a stream if lost.
+/// A message datagram sent and not yet acknowledged.
 struct UnackedMessage {
     var bytes: [UInt8]
     /// Endpoint clock (ns) when ngtcp2 took it into a packet.
     var sentAt: UInt64
 }
 
+/// A DATAGRAM frame waiting to be written; a message's is re-sent on a stream if lost.
 struct OutgoingDatagram {
     var bytes: [UInt8]
     var resendIfLost: Bool

@@ -117,8 +117,9 @@ public struct QUICConnectionStats: Sendable, Hashable {
     /// Message datagrams (`QUICConnection.sendMessage`) declared lost, or presumed lost, and
     /// sent again on a stream.
     public var messagesResent: UInt64
-    /// Of those, the ones neither acknowledged nor declared lost within three probe timeouts
-    /// (ngtcp2 0.12 leaves some losses unreported; see `ConnectionCore.messageGiveUpPTOs`).
+    /// Message datagrams neither acknowledged nor declared lost within three probe timeouts
+    /// (half a second at least), taken for lost and re-sent as the others (ngtcp2 0.12
+    /// leaves some losses unreported; see `ConnectionCore.messageGiveUpPTOs`).
     public var messagesPresumedLost: UInt64
     /// UDP sends the kernel refused (socket buffer full), which QUIC recovers as loss.
     public var sendDrops: UInt64
