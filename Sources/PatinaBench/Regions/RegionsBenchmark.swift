@@ -47,14 +47,18 @@ public struct RegionsBenchmark: Sendable {
         /// Broadcast copies received, and those already seen.
         public var received: Double = 0
         public var duplicates: Double = 0
-        /// Changesets pulled by anti-entropy sync (in flight ones included).
+        /// Changesets pulled by anti-entropy sync.
         public var syncPulled: Double = 0
+        /// Nodes whose counters were read, and those among them whose broadcast
+        /// and sync counts fall short of the other nodes' local writes.
         public var nodes = 0
+        public var nodesShort = 0
 
         /// Changes due: every local write on every other node.
         public var due: Double { local * Double(max(0, nodes - 1)) }
-        /// Broadcast and sync together applied every change due.
-        public var accountsForEveryChange: Bool { received - duplicates + syncPulled >= due }
+        /// Every node's counters were read, and each applied (by broadcast or
+        /// sync) at least as many changes as the other nodes wrote.
+        public var accountsForEveryChange: Bool { nodesShort == 0 }
 
         public var description: String {
             let fresh = received - duplicates
@@ -156,13 +160,13 @@ public struct RegionsBenchmark: Sendable {
             datagramsPerWrite: Double(emulator.stats.received - datagramsBefore) / accepted,
             nodes: probeNodes.count, sustainedWritesPerSecond: measured.sustainedWritesPerSecond)
         probe.stop()
-        // Nodes export their counters once a second: scrape until two scrapes
-        // an export interval apart agree (every write is visible by now, so
-        // they settle), for up to 5 s.
+        // Nodes export their counters every `metricsExportInterval`: scrape
+        // until two scrapes an interval apart agree (every write is visible by
+        // now, so they settle), for up to 5 s.
         var (lag, delivery) = Self.scrapeNodeMetrics(cluster.nodes)
         let scrapeDeadline = ContinuousClock.now + .seconds(5)
         while ContinuousClock.now < scrapeDeadline {
-            Thread.sleep(forTimeInterval: 1.1)
+            Thread.sleep(forTimeInterval: Self.metricsExportInterval * 1.1)
             let (nextLag, next) = Self.scrapeNodeMetrics(cluster.nodes)
             let settled = next == delivery && next.accountsForEveryChange
             (lag, delivery) = (nextLag, next)
@@ -191,12 +195,14 @@ public struct RegionsBenchmark: Sendable {
         return seconds(usage.ru_utime) + seconds(usage.ru_stime)
     }
 
+    /// How often an agent exports its cluster counters (`ClusterNodeConfig.rttInterval`).
+    static let metricsExportInterval: TimeInterval = 1
+
     /// Sums every node's lag histogram per `origin_region` label, and its
     /// broadcast and sync counters.
     static func scrapeNodeMetrics(_ nodes: [LocalCluster.Node]) -> ([String: (count: Double, sumSeconds: Double)], Delivery) {
         var totals: [String: (count: Double, sumSeconds: Double)] = [:]
-        var delivery = Delivery()
-        delivery.nodes = nodes.count
+        var perNode: [Delivery] = []
         let counters: [(String, WritableKeyPath<Delivery, Double>)] = [
             ("patina_broadcast_changesets_total{kind=\"local\"} ", \.local),
             ("patina_broadcast_changesets_total{kind=\"received\"} ", \.received),
@@ -206,6 +212,7 @@ public struct RegionsBenchmark: Sendable {
         for node in nodes {
             let client = HTTPClient(target: .tcp(host: "127.0.0.1", port: node.metricsPort))
             guard let text = try? client.send("GET", "/metrics").text else { continue }
+            var delivery = Delivery()
             for line in text.split(separator: "\n") {
                 for (prefix, field) in counters where line.hasPrefix(prefix) {
                     delivery[keyPath: field] += Double(line.dropFirst(prefix.count)) ?? 0
@@ -218,7 +225,19 @@ public struct RegionsBenchmark: Sendable {
                 if line.hasPrefix("patina_propagation_lag_seconds_count") { totals[region, default: (0, 0)].count += value }
                 if line.hasPrefix("patina_propagation_lag_seconds_sum") { totals[region, default: (0, 0)].sumSeconds += value }
             }
+            perNode.append(delivery)
         }
-        return (totals, delivery)
+        var sum = Delivery()
+        sum.nodes = perNode.count
+        for d in perNode {
+            sum.local += d.local
+            sum.received += d.received
+            sum.duplicates += d.duplicates
+            sum.syncPulled += d.syncPulled
+        }
+        // Each node owes the others' writes, not its own.
+        sum.nodesShort = perNode.filter { $0.received - $0.duplicates + $0.syncPulled < sum.local - $0.local }.count
+            + (nodes.count - perNode.count)
+        return (totals, sum)
     }
 }

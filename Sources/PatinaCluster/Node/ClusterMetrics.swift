@@ -2,9 +2,10 @@ import Metrics
 
 /// The cluster's own counts on the metrics endpoint, next to the API's: what
 /// broadcast sends and drops, what the apply queue merges and refuses, what
-/// anti-entropy sync pulls and serves, how many members are in each state. The shells keep cumulative counts (the pure state
-/// machines own them); every `rttInterval` the node hands a snapshot here, and
-/// the counters grow by what changed since the last one.
+/// anti-entropy sync pulls and serves, how many members are in each state.
+/// The shells keep cumulative counts (the pure state machines own them); every
+/// `rttInterval` the node hands a snapshot here, and the counters grow by what
+/// changed since the last one.
 struct ClusterMetrics {
     private var previous: [String: Int] = [:]
     private var counters: [String: Counter] = [:]
@@ -37,7 +38,7 @@ struct ClusterMetrics {
         count("patina_sync_sessions_total", ("result", "serve_failed"), s.servedFailed)
         count("patina_sync_changesets_total", ("direction", "pulled"), s.changesetsPulled)
         count("patina_sync_changesets_total", ("direction", "served"), s.changesetsServed)
-        count("patina_sync_changesets_total", ("direction", "held_back"), s.changesetsHeldBack)
+        count("patina_sync_changesets_held_back_total", nil, s.changesetsHeldBack)
         count("patina_sync_changes_pulled_total", nil, s.changesPulled)
         applyDepth.record(applyQueueDepth)
         for (state, gauge) in members { gauge.record(memberStates.filter { $0 == state }.count) }

@@ -76,13 +76,13 @@ public struct SyncServeReport: Sendable, Hashable {
 
 /// What sync did since the shell started, for the metrics endpoint.
 public struct SyncStats: Sendable, Hashable {
-    /// Rounds started (a round syncs with one to `maxPeers` peers).
+    /// Rounds that came due (one that found no peer to sync with included).
     public var rounds = 0
     /// Sessions this node pulled, by outcome.
     public var pulledOK = 0
     public var pulledFailed = 0
-    /// Changesets and changes those sessions brought. Above zero while the
-    /// cluster is quiet, they are what broadcast missed.
+    /// Changesets and changes pulled (by sessions that failed later too): what
+    /// broadcast missed, as changes still in flight are held back (`inFlightGrace`).
     public var changesetsPulled = 0
     public var changesPulled = 0
     /// Sessions peers opened here, by outcome.
@@ -181,8 +181,6 @@ public actor SyncShell {
             switch result {
             case .success(let report):
                 counts.pulledOK += 1
-                counts.changesetsPulled += report.changesetsReceived
-                counts.changesPulled += report.changesReceived
                 _ = machine.sessionCompleted(id, now: now, remoteHeads: report.remoteHeads, foundMissing: report.foundMissing)
             case .failure(let error):
                 logger.debug("sync session failed", metadata: ["error": "\(error)"])
@@ -233,6 +231,7 @@ public actor SyncShell {
                         report.frames += 1
                         report.changesetsReceived += changesets.count
                         report.changesReceived += changesets.reduce(0) { $0 + $1.changeCount }
+                        await self.notePulled(changesets)
                         await apply(changesets)
                     case .syncDone:
                         guard try await reader.next() == nil else {
@@ -286,13 +285,14 @@ public actor SyncShell {
             report.needs = needs.count
             var chunker = SyncChunker(maxChanges: config.maxChangesPerFrame, maxBytes: config.maxBytesPerFrame)
             let (graceSeconds, graceAttoseconds) = config.inFlightGrace.components
-            let graceMilliseconds = UInt64(max(0, graceSeconds * 1000 + graceAttoseconds / 1_000_000_000_000_000))
+            // At most a day: beyond that nothing is in flight, and the sums below stay far from overflow.
+            let graceMilliseconds = UInt64(min(86_400_000, max(0, min(graceSeconds, 86_400) * 1000 + graceAttoseconds / 1_000_000_000_000_000)))
             // In flight: committed within the grace, by this node's clock. A timestamp
             // further ahead than the grace comes from a clock that is off: holding
             // those back would leave that node's lost changes unrepaired until this
             // clock caught up, so they are served.
             let now = wallClockMilliseconds()
-            let inFlight = now.saturatingSubtract(graceMilliseconds)...(now &+ graceMilliseconds)
+            let inFlight = now.saturatingSubtract(graceMilliseconds)...now.saturatingAdd(graceMilliseconds)
             for need in needs {
                 for c in try await fetch(need) {
                     if case .changes(_, _, _, _, let ts) = c.content, graceMilliseconds > 0, inFlight.contains(ts.milliseconds) {
@@ -334,6 +334,11 @@ public actor SyncShell {
     }
 
     // MARK: Helpers
+
+    private func notePulled(_ changesets: [Changeset]) {
+        counts.changesetsPulled += changesets.count
+        counts.changesPulled += changesets.reduce(0) { $0 + $1.changeCount }
+    }
 
     private func localState() async throws(SyncError) -> SyncState {
         let store = self.store
@@ -479,4 +484,8 @@ func withSyncTimeout<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable
 
 extension UInt64 {
     fileprivate func saturatingSubtract(_ other: UInt64) -> UInt64 { self > other ? self - other : 0 }
+    fileprivate func saturatingAdd(_ other: UInt64) -> UInt64 {
+        let (sum, overflow) = addingReportingOverflow(other)
+        return overflow ? .max : sum
+    }
 }
