@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -63,6 +64,27 @@ public enum PortProbe {
         guard bound else { throw PortProbeError(message: "no free \(tcp ? "TCP" : "UDP") port on 127.0.0.1") }
         return Int(UInt16(bigEndian: addr.sin_port))
     }
+
+    /// A free port this process has not handed out before. The kernel may give
+    /// back a port it just gave out, so a cluster that asks for several (API,
+    /// metrics…), or tests starting clusters side by side, would otherwise now
+    /// and then get the same one twice and fail to bind.
+    public static func unusedLoopbackPort(tcp: Bool) throws -> Int {
+        try handedOut.withLock { taken in
+            for _ in 0..<100 {
+                let port = try freeLoopbackPort(tcp: tcp)
+                if taken.insert(PortKey(port: port, tcp: tcp)).inserted { return port }
+            }
+            throw PortProbeError(message: "no free \(tcp ? "TCP" : "UDP") port on 127.0.0.1 that this process has not used")
+        }
+    }
+
+    private struct PortKey: Hashable {
+        var port: Int
+        var tcp: Bool
+    }
+
+    private static let handedOut = Mutex<Set<PortKey>>([])
 }
 
 public struct PortProbeError: Error, CustomStringConvertible, Sendable {

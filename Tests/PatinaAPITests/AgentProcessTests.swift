@@ -8,7 +8,7 @@ import Testing
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("patina").path
     }
 
-    static func freePort() -> Int { try! PortProbe.freeLoopbackPort(tcp: true) }
+    static func freePort() -> Int { try! PortProbe.unusedLoopbackPort(tcp: true) }
 
     struct Node {
         let dir: String

@@ -542,7 +542,7 @@ final class ProcessCluster: @unchecked Sendable {
         return text
     }
 
-    static func freePort(tcp: Bool) -> Int { try! PortProbe.freeLoopbackPort(tcp: tcp) }
+    static func freePort(tcp: Bool) -> Int { try! PortProbe.unusedLoopbackPort(tcp: tcp) }
 }
 
 struct ClusterTestFailure: Error, CustomStringConvertible {

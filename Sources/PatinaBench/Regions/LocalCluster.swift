@@ -47,16 +47,14 @@ public final class LocalCluster: @unchecked Sendable {
         try FileManager.default.createDirectory(atPath: root + "/schema", withIntermediateDirectories: true)
         try schema.write(toFile: root + "/schema/schema.sql", atomically: true, encoding: .utf8)
         try certs.createAuthority()
-        var apiPorts = Set<Int>()
-        var gossipPorts = Set<Int>()
         nodes = try specs.map { spec in
             try certs.issueNode(name: spec.name, ipAddresses: ["127.0.0.1"])
             let directory = root + "/" + spec.name
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             return Node(name: spec.name, region: spec.region, directory: directory,
-                        apiPort: try Self.freePort(tcp: true, excluding: &apiPorts),
-                        metricsPort: try Self.freePort(tcp: true, excluding: &apiPorts),
-                        gossipPort: try Self.freePort(tcp: false, excluding: &gossipPorts))
+                        apiPort: try PortProbe.unusedLoopbackPort(tcp: true),
+                        metricsPort: try PortProbe.unusedLoopbackPort(tcp: true),
+                        gossipPort: try PortProbe.unusedLoopbackPort(tcp: false))
         }
     }
 
@@ -190,14 +188,5 @@ public final class LocalCluster: @unchecked Sendable {
     public func remove() {
         stop()
         try? FileManager.default.removeItem(atPath: root)
-    }
-
-    /// A free port not handed out before in this cluster (`excluding` grows).
-    static func freePort(tcp: Bool, excluding: inout Set<Int>) throws -> Int {
-        for _ in 0..<100 {
-            let port = try PortProbe.freeLoopbackPort(tcp: tcp)
-            if excluding.insert(port).inserted { return port }
-        }
-        throw ProbeError("no free \(tcp ? "TCP" : "UDP") port on 127.0.0.1")
     }
 }
