@@ -66,7 +66,7 @@ import Testing
         }
         await #expect(throws: WireError.self) { try await shell.received(streamBytes: [0, 0, 0, 2, 0x01, 0xff], from: "x") }
         await #expect(throws: WireError.self) {
-            try await shell.received(streamBytes: WireMessage.syncDone.encodeFrame(), from: "x")
+            try await shell.received(streamBytes: WireMessage.syncDone(heldBack: 0).encodeFrame(), from: "x")
         }
         #expect(await shell.malformedFrames == 2)
     }

@@ -274,7 +274,7 @@ import Testing
         let client = SyncShell(store: b, seed: 2) { cs in _ = try? b.merge(cs) }
         // Just written: broadcast is still on it, so the server sends none of it.
         let (early, earlyServed) = try await Self.session(client: client, server: server, seed: 1)
-        #expect(early.changesetsReceived == 0 && earlyServed.heldBack == 5)
+        #expect(early.changesetsReceived == 0 && earlyServed.heldBack == 5 && early.heldBack == 5)
         #expect(early.foundMissing, "held back, not absent: rounds stay at the minimum interval")
         #expect(try allRows(b).isEmpty)
         // Three seconds on, the same changes are no longer in flight.

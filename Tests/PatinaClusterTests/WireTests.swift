@@ -91,7 +91,7 @@ import Testing
         let messages: [WireMessage] = [
             .changesets([cs, cleared, empty]), .changesets([]),
             .syncState(state), .syncState(SyncState(actor: Self.actorB)),
-            .syncChangesets([cleared, cs]), .syncDone, .syncBusy, .syncAbort("too slow ✓"), .syncAbort(""),
+            .syncChangesets([cleared, cs]), .syncDone(heldBack: 0), .syncDone(heldBack: 300), .syncBusy, .syncAbort("too slow ✓"), .syncAbort(""),
         ]
         for m in messages {
             #expect(try Self.roundTrip(m) == m, "\(m.frameType)")
@@ -100,7 +100,7 @@ import Testing
 
     @Test func framesSurviveEverySplit() throws {
         let small = Self.sampleChangeset(values: Array(Self.edgeValues.prefix(20)))
-        let messages: [WireMessage] = [.syncDone, .changesets([small]), .syncAbort("x"), .syncBusy]
+        let messages: [WireMessage] = [.syncDone(heldBack: 0), .changesets([small]), .syncAbort("x"), .syncBusy]
         let stream = messages.flatMap { $0.encodeFrame() }
         // Every single split point, and byte-at-a-time.
         for cut in 0...stream.count {
@@ -177,6 +177,8 @@ import Testing
         }
         // Unknown type, trailing bytes.
         #expect(throws: WireError.self) { _ = try WireMessage.decode(Frame(type: 0x77, payload: [])) }
+        #expect(throws: WireError.self) { _ = try WireMessage.decode(Frame(type: 0x12, payload: [5, 0])) }
+        // syncDone's held-back count is absent when zero, never an explicit 0.
         #expect(throws: WireError.self) { _ = try WireMessage.decode(Frame(type: 0x12, payload: [0])) }
     }
 

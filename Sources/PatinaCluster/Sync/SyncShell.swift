@@ -59,9 +59,11 @@ public struct SyncSessionReport: Sendable, Hashable {
     public var frames = 0
     public var changesetsReceived = 0
     public var changesReceived = 0
-    /// The peer had something this node lacks, sent or held back as still in
-    /// flight (`inFlightGrace`): either way the next round should come soon.
-    public var foundMissing: Bool { changesetsReceived > 0 || needs > 0 }
+    /// Changesets the peer held back as still in flight (`inFlightGrace`).
+    public var heldBack = 0
+    /// The peer had something this node lacks, sent or held back: either way
+    /// the next round should come soon.
+    public var foundMissing: Bool { changesetsReceived > 0 || heldBack > 0 }
 }
 
 /// What a served session sent.
@@ -233,7 +235,8 @@ public actor SyncShell {
                         report.changesReceived += changesets.reduce(0) { $0 + $1.changeCount }
                         await self.notePulled(changesets)
                         await apply(changesets)
-                    case .syncDone:
+                    case .syncDone(let heldBack):
+                        report.heldBack = heldBack
                         guard try await reader.next() == nil else {
                             throw SyncError(.protocolViolation("data after syncDone"))
                         }
@@ -311,7 +314,7 @@ public actor SyncShell {
                 report.changesetsSent += last.count
                 try await write(.syncChangesets(last), to: stream)
             }
-            try await write(.syncDone, to: stream)
+            try await write(.syncDone(heldBack: report.heldBack), to: stream)
             try await withSyncTimeout(config.ioTimeout) { try await stream.finish() }
             counts.servedOK += 1
             counts.changesetsServed += report.changesetsSent

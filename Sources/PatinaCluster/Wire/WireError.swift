@@ -10,6 +10,7 @@ public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
         case badTag(String, UInt8)
         case badRange(String)
         case countTooLarge(String)
+        case badValue(String)
         case badIndex
         case trailingBytes
         case frameTooLarge(length: Int, max: Int)
@@ -40,6 +41,7 @@ public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badTag(let what, let tag): "malformed wire data: unknown \(what) tag \(tag)"
         case .badRange(let what): "malformed wire data: \(what) range has lower bound above upper bound"
         case .countTooLarge(let what): "malformed wire data: \(what) count exceeds the bytes left"
+        case .badValue(let what): "malformed wire data: \(what)"
         case .badIndex: "malformed wire data: string index out of range"
         case .trailingBytes: "malformed wire data: trailing bytes"
         case .frameTooLarge(let length, let max): "frame of \(length) bytes exceeds the maximum of \(max)"

@@ -8,7 +8,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case syncState = 0x10
     /// Sync: a chunk of changesets the client lacks.
     case syncChangesets = 0x11
-    /// Sync: the server sent everything it will send.
+    /// Sync: the server sent everything it will send; how many changesets it
+    /// held back as still in flight (a varint, absent when zero).
     case syncDone = 0x12
     /// Sync: the server serves too many sessions already; try another peer.
     case syncBusy = 0x13
@@ -21,7 +22,7 @@ public enum WireMessage: Hashable, Sendable {
     case changesets([Changeset])
     case syncState(SyncState)
     case syncChangesets([Changeset])
-    case syncDone
+    case syncDone(heldBack: Int)
     case syncBusy
     case syncAbort(String)
 
@@ -42,7 +43,8 @@ public enum WireMessage: Hashable, Sendable {
         switch self {
         case .changesets(let c), .syncChangesets(let c): ChangesetCodec.encode(c, into: &w)
         case .syncState(let s): SyncState.encode(s, into: &w)
-        case .syncDone, .syncBusy: break
+        case .syncDone(let heldBack): if heldBack > 0 { w.varint(UInt64(heldBack)) }
+        case .syncBusy: break
         case .syncAbort(let reason): w.string(reason)
         }
         return w.bytes
@@ -62,7 +64,14 @@ public enum WireMessage: Hashable, Sendable {
         case .changesets: message = .changesets(try ChangesetCodec.decodeList(from: &r))
         case .syncChangesets: message = .syncChangesets(try ChangesetCodec.decodeList(from: &r))
         case .syncState: message = .syncState(try SyncState.decode(from: &r))
-        case .syncDone: message = .syncDone
+        case .syncDone:
+            // Absent when zero; present, it must be above zero (one encoding per message).
+            let present = !r.isAtEnd
+            let heldBack = present ? try r.varint() : 0
+            guard !present || heldBack > 0, heldBack <= UInt64(Int32.max) else {
+                throw WireError(.badValue("syncDone held-back count must be absent, or 1...2^31-1"))
+            }
+            message = .syncDone(heldBack: Int(heldBack))
         case .syncBusy: message = .syncBusy
         case .syncAbort: message = .syncAbort(try r.string())
         }
