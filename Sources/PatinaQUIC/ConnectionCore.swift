@@ -580,6 +580,10 @@ final class ConnectionCore: @unchecked Sendable {
         streams.removeAll()
         sendQueue.removeAll()
         connectionBlocked.removeAll()
+        // Messages taken and not known delivered go back to the application, which may
+        // send them again on another connection (QUICConnection.takeUndeliveredMessages).
+        events.keepUndelivered(lostMessages + unackedMessages.sorted { $0.key < $1.key }.map(\.value.bytes)
+                               + datagrams.filter(\.resendIfLost).map(\.bytes))
         datagrams.removeAll()
         unackedMessages.removeAll()
         lostMessages.removeAll()

@@ -7,6 +7,7 @@ final class ConnectionEvents: Sendable {
     let datagrams: AsyncStream<[UInt8]>.Continuation
     let datagramSequence: AsyncStream<[UInt8]>
     private let ended = Mutex<(error: QUICError?, done: Bool, waiters: [CheckedContinuation<QUICError, Never>])>((nil, false, []))
+    private let undelivered = Mutex<[[UInt8]]>([])
 
     init(datagramBuffer: Int) {
         (streamSequence, streams) = AsyncStream.makeStream(of: QUICStream.self)
@@ -28,6 +29,17 @@ final class ConnectionEvents: Sendable {
     }
 
     var closeError: QUICError? { ended.withLock { $0.error } }
+
+    func keepUndelivered(_ messages: [[UInt8]]) {
+        undelivered.withLock { $0 += messages }
+    }
+
+    func takeUndelivered() -> [[UInt8]] {
+        undelivered.withLock { list in
+            defer { list = [] }
+            return list
+        }
+    }
 
     func waitClosed() async -> QUICError {
         await withCheckedContinuation { (c: CheckedContinuation<QUICError, Never>) in

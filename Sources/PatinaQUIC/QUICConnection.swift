@@ -63,6 +63,15 @@ public final class QUICConnection: Sendable {
         }
     }
 
+    /// Once the connection has ended: the messages (`sendMessage`) it had taken and not seen
+    /// delivered, oldest first: datagrams unacknowledged or lost and not yet re-sent, and
+    /// ones still queued. Each is handed out once. Some may have reached the peer, so
+    /// sending them again may deliver them twice. Why: a connection that dies with messages
+    /// in flight (a peer's protocol error, an eviction) otherwise loses them silently.
+    public func takeUndeliveredMessages() -> [[UInt8]] {
+        core.events.takeUndelivered()
+    }
+
     /// Sends one datagram. Suspends while the send queue is full; throws when the payload is
     /// larger than `maxDatagramPayloadSize` or the peer does not accept datagrams.
     public func sendDatagram(_ bytes: [UInt8]) async throws {

@@ -392,6 +392,21 @@ struct MessageClusterTests {
         await pair.shutdown()
     }
 
+    /// A connection that ends with messages in flight hands them back, so that
+    /// they can go again on another connection instead of vanishing.
+    @Test func aClosedConnectionHandsBackItsUndeliveredMessages() async throws {
+        let pair = try await Pair.make(proxyDroppingEvery: .max)
+        let proxy = try #require(pair.proxy)
+        let messages = (0..<3).map { pattern(500 + $0, count: 60) }
+        proxy.setBlackout(true)
+        for m in messages { try await pair.clientSide.sendMessage(m) }
+        #expect(pair.clientSide.takeUndeliveredMessages().isEmpty, "nothing before the connection ends")
+        await pair.clientSide.close(drain: false)
+        #expect(pair.clientSide.takeUndeliveredMessages() == messages)
+        #expect(pair.clientSide.takeUndeliveredMessages().isEmpty, "handed out once")
+        await pair.shutdown()
+    }
+
     /// ngtcp2 0.12 does not report a lost DATAGRAM frame whose packet it had
     /// already reclaimed on a probe timeout, which it does to a lost packet
     /// that also carried a retransmittable frame (here stream data). Each round

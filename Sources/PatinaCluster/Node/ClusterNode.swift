@@ -228,6 +228,19 @@ public final class ClusterNode: Sendable {
     }
 
     private func serve(_ connection: QUICConnection, peer: String) async {
+        defer {
+            // The connection ended: broadcast frames it had not delivered go again on
+            // another one (a duplicate is harmless; a loss would wait for sync).
+            let undelivered = connection.takeUndeliveredMessages().filter { $0.first == 0 }
+            if !undelivered.isEmpty {
+                logger.debug("re-sending broadcast frames a closed connection left undelivered",
+                             metadata: ["peer": "\(peer)", "frames": "\(undelivered.count)"])
+                let transport = changesetTransport
+                Task {
+                    for frame in undelivered { try? await transport.send(frame, to: peer) }
+                }
+            }
+        }
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await datagram in connection.incomingDatagrams {
