@@ -105,7 +105,7 @@ public final class LocalCluster: @unchecked Sendable {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/nice")
             process.arguments = ["-n", "\(niceness)", agentExecutable, "agent", "--config", node.configPath]
-            FileManager.default.createFile(atPath: node.logPath, contents: nil)
+            _ = FileManager.default.createFile(atPath: node.logPath, contents: nil)
             let log = try FileHandle(forWritingTo: URL(fileURLWithPath: node.logPath))
             process.standardOutput = log
             process.standardError = log

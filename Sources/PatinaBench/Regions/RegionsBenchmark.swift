@@ -203,7 +203,7 @@ public struct RegionsBenchmark: Sendable {
     static func scrapeNodeMetrics(_ nodes: [LocalCluster.Node]) -> ([String: (count: Double, sumSeconds: Double)], Delivery) {
         var totals: [String: (count: Double, sumSeconds: Double)] = [:]
         var perNode: [Delivery] = []
-        let counters: [(String, WritableKeyPath<Delivery, Double>)] = [
+        let counters: [(prefix: String, field: WritableKeyPath<Delivery, Double>)] = [
             ("patina_broadcast_changesets_total{kind=\"local\"} ", \.local),
             ("patina_broadcast_changesets_total{kind=\"received\"} ", \.received),
             ("patina_broadcast_changesets_total{kind=\"duplicate\"} ", \.duplicates),
@@ -229,12 +229,7 @@ public struct RegionsBenchmark: Sendable {
         }
         var sum = Delivery()
         sum.nodes = perNode.count
-        for d in perNode {
-            sum.local += d.local
-            sum.received += d.received
-            sum.duplicates += d.duplicates
-            sum.syncPulled += d.syncPulled
-        }
+        for (_, field) in counters { sum[keyPath: field] = perNode.reduce(0) { $0 + $1[keyPath: field] } }
         // Each node owes the others' writes, not its own.
         sum.nodesShort = perNode.filter { $0.received - $0.duplicates + $0.syncPulled < sum.local - $0.local }.count
             + (nodes.count - perNode.count)

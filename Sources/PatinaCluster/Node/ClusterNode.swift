@@ -231,7 +231,7 @@ public final class ClusterNode: Sendable {
         defer {
             // The connection ended: broadcast frames it had not delivered go again on
             // another one (a duplicate is harmless; a loss would wait for sync).
-            let undelivered = connection.takeUndeliveredMessages().filter { $0.first == 0 }
+            let undelivered = connection.takeUndeliveredMessages().filter(QUICChangesetTransport.isBroadcastFrame)
             if !undelivered.isEmpty {
                 logger.debug("re-sending broadcast frames a closed connection left undelivered",
                              metadata: ["peer": "\(peer)", "frames": "\(undelivered.count)"])
@@ -244,7 +244,7 @@ public final class ClusterNode: Sendable {
         await withDiscardingTaskGroup { group in
             group.addTask {
                 for await datagram in connection.incomingDatagrams {
-                    if datagram.first == 0 {
+                    if QUICChangesetTransport.isBroadcastFrame(datagram) {
                         // Malformed ones are counted and logged by the shell.
                         try? await self.broadcastShell.received(streamBytes: datagram, from: peer)
                     } else {

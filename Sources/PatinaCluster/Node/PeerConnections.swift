@@ -13,12 +13,10 @@ actor PeerConnections {
     private let endpoint: QUICEndpoint
     private let connectTimeout: Duration
     private let logger: Logger
-    private var connections: [String: QUICConnection] = [:] {
-        didSet { mirror.withLock { $0 = connections } }
-    }
-    /// `connections`, readable without a hop onto the actor: every broadcast and
+    /// Peer address → connection. Behind a lock rather than actor state, so that
+    /// `existing` reads it without a hop onto the actor: every broadcast and
     /// membership send looks its peer up, and almost always finds it.
-    private nonisolated let mirror = Mutex<[String: QUICConnection]>([:])
+    private nonisolated let connections = Mutex<[String: QUICConnection]>([:])
     private var pending: [String: Task<QUICConnection, any Error>] = [:]
     private var closed = false
 
@@ -35,13 +33,13 @@ actor PeerConnections {
 
     /// The cached live connection to `peer`, if any (never dials, never suspends).
     nonisolated func existing(_ peer: String) -> QUICConnection? {
-        if let c = mirror.withLock({ $0[peer] }), !c.isClosed { return c }
+        if let c = connections.withLock({ $0[peer] }), !c.isClosed { return c }
         return nil
     }
 
     /// The live connection to `peer`, dialling it if needed; concurrent callers share one handshake.
     func connection(to peer: String) async throws -> QUICConnection {
-        if let c = connections[peer], !c.isClosed { return c }
+        if let c = existing(peer) { return c }
         if let task = pending[peer] { return try await task.value }
         guard !closed else { throw ClusterNodeError("cluster node is shutting down") }
         guard let address = QUICSocketAddress(peer) else { throw ClusterNodeError("bad peer address \(peer)") }
@@ -53,12 +51,12 @@ actor PeerConnections {
         pending[peer] = nil
         switch result {
         case .success(let c):
-            if let current = connections[peer], !current.isClosed {
+            if let current = existing(peer) {
                 // The peer dialled us meanwhile; keep serving ours too.
                 registeredContinuation.yield((c, peer))
                 return current
             }
-            connections[peer] = c
+            connections.withLock { $0[peer] = c }
             registeredContinuation.yield((c, peer))
             return c
         case .failure(let error):
@@ -70,24 +68,26 @@ actor PeerConnections {
     func accepted(_ connection: QUICConnection) {
         let peer = connection.remoteAddress.description
         guard !closed else { return }
-        connections[peer] = connection
+        connections.withLock { $0[peer] = connection }
         registeredContinuation.yield((connection, peer))
     }
 
     /// Forgets `peer` and closes its connection (without waiting for the close to finish).
     func evict(_ peer: String) {
-        guard let c = connections.removeValue(forKey: peer) else { return }
+        guard let c = connections.withLock({ $0.removeValue(forKey: peer) }) else { return }
         Task { await c.close(drain: false) }
     }
 
-    func live() -> [String: QUICConnection] { connections.filter { !$0.value.isClosed } }
+    func live() -> [String: QUICConnection] { connections.withLock { $0.filter { !$0.value.isClosed } } }
 
     /// Closes every cached connection; with `drain`, first waits (bounded) until the
     /// peers acknowledged everything written.
     func closeAll(drainTimeout: Duration?) async {
         closed = true
-        let all = connections
-        connections = [:]
+        let all = connections.withLock { table in
+            defer { table = [:] }
+            return table
+        }
         for task in pending.values { task.cancel() }
         await withTaskGroup(of: Void.self) { group in
             for c in all.values {

@@ -64,6 +64,9 @@ final class QUICChangesetTransport: ChangesetTransport {
     /// Sends handed to QUIC but not returned yet (for the shutdown flush).
     let inFlight = Atomic<Int>(0)
 
+    /// Whether a datagram or message carries a broadcast frame (first byte 0, see above).
+    static func isBroadcastFrame(_ bytes: [UInt8]) -> Bool { bytes.first == 0 }
+
     init(peers: PeerConnections) { self.peers = peers }
 
     func send(_ frame: [UInt8], to peer: String) async throws {

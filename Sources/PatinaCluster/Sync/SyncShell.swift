@@ -287,9 +287,7 @@ public actor SyncShell {
             let needs = SyncState.needs(local: remote, remote: local)
             report.needs = needs.count
             var chunker = SyncChunker(maxChanges: config.maxChangesPerFrame, maxBytes: config.maxBytesPerFrame)
-            let (graceSeconds, graceAttoseconds) = config.inFlightGrace.components
-            // At most a day: beyond that nothing is in flight, and the sums below stay far from overflow.
-            let graceMilliseconds = UInt64(min(86_400_000, max(0, min(graceSeconds, 86_400) * 1000 + graceAttoseconds / 1_000_000_000_000_000)))
+            let graceMilliseconds = config.inFlightGraceMilliseconds
             // In flight: committed within the grace, by this node's clock. A timestamp
             // further ahead than the grace comes from a clock that is off: holding
             // those back would leave that node's lost changes unrepaired until this

@@ -44,6 +44,10 @@ public struct SyncConfig: Sendable {
     /// Zero: serve everything.
     public var inFlightGrace: Duration = .seconds(2)
 
+    /// `inFlightGrace` in whole milliseconds, at most a day (beyond that
+    /// nothing is in flight, and sums with a clock reading cannot overflow).
+    var inFlightGraceMilliseconds: UInt64 { min(inFlightGrace, .seconds(86_400)).membershipMicros / 1000 }
+
     public init() {}
 }
 
