@@ -1,5 +1,4 @@
 #define _GNU_SOURCE 1 // ppoll, used by the QUIC event loop
-#define SQLITE_ENABLE_PREUPDATE_HOOK 1
 #include "CPatinaShims.h"
 #include <ngtcp2/ngtcp2.h>
 

@@ -33,8 +33,6 @@ public struct PackedPrimaryKey: Hashable, Sendable, Comparable, CustomStringConv
 
     public static func < (lhs: Self, rhs: Self) -> Bool { lhs.bytes.lexicographicallyPrecedes(rhs.bytes) }
 
-    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.bytes == rhs.bytes }
-
     /// The bytes in one call: the synthesized form hashes them one by one, and
     /// keys are hashed per row on every write and merge.
     public func hash(into hasher: inout Hasher) {

@@ -323,7 +323,8 @@ extension StoreCore {
         }
         var next = conflicted.makeIterator()
         var skip = next.next()
-        var tableRows = out.rows[table.name] ?? Dictionary(minimumCapacity: batch.count)
+        // Taken out (as `keys` below), so that adding to it does not copy what `out` still holds.
+        var tableRows = out.rows.removeValue(forKey: table.name) ?? Dictionary(minimumCapacity: batch.count)
         var keys = out.keys.removeValue(forKey: table.name) ?? KeyList()
         keys.bytes.reserveCapacity(keys.bytes.count + batch.count * 2)
         let name = table.name

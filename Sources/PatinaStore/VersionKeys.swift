@@ -22,7 +22,8 @@ extension StoreCore {
     }
 
     static func appendLengthPrefixed(_ pk: [UInt8], to out: inout [UInt8]) {
-        withUnsafeBytes(of: UInt32(pk.count).bigEndian) { out.append(contentsOf: $0) }
+        let n = UInt32(pk.count)  // big-endian, as `decodeVersionKeys` reads it
+        out += [UInt8(truncatingIfNeeded: n >> 24), UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n)]
         out.append(contentsOf: pk)
     }
 
