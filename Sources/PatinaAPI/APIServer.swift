@@ -285,11 +285,19 @@ public struct PatinaAPI: Sendable {
         guard let table = context.parameters.get("table"), let info = access.store.tables.first(where: { $0.name == table }) else {
             throw APIError(.notFound, "no such replicated table")
         }
-        let stream = updates.subscribe(table: info.name)
+        let (id, inbox) = updates.subscribe(table: info.name)
+        let feed = updates
         let body = ResponseBody { writer in
-            for await line in stream {
-                try await writer.write(ByteBuffer(string: line))
+            defer { feed.unsubscribe(id) }
+            // Everything queued since the last write goes as one write: a listener that
+            // fell behind catches up instead of paying one write per commit.
+            while let chunks = await inbox.next() {
+                var buffer = ByteBuffer()
+                buffer.reserveCapacity(chunks.reduce(0) { $0 + $1.count })
+                for chunk in chunks { buffer.writeBytes(chunk) }
+                try await writer.write(buffer)
             }
+            if inbox.overflowed { try await writer.write(ByteBuffer(string: "{\"error\":\"listener too far behind\"}\n")) }
             try await writer.finish(nil)
         }
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: body)
@@ -315,37 +323,43 @@ public struct PatinaAPI: Sendable {
     }
 }
 
-/// `/v1/updates/{table}`: one NDJSON line per changed row, from commit events.
+/// `/v1/updates/{table}`: one NDJSON line per changed row, from commit events; a
+/// listener more than 100,000 commits behind is cut off with an error line.
 final class UpdateFeed: Sendable {
-    private let listeners = Mutex<[UUID: (table: String, continuation: AsyncStream<String>.Continuation)]>([:])
+    static let maxQueuedCommits = 100_000
+    private let listeners = Mutex<[UUID: (table: String, inbox: ChunkInbox)]>([:])
 
-    func subscribe(table: String) -> AsyncStream<String> {
-        let (stream, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingOldest(100_000))
+    func subscribe(table: String) -> (UUID, ChunkInbox) {
+        let inbox = ChunkInbox(capacity: Self.maxQueuedCommits, overflow: .finish)
         let id = UUID()
-        listeners.withLock { $0[id] = (table, continuation) }
-        continuation.onTermination = { [weak self] _ in _ = self?.listeners.withLock { $0.removeValue(forKey: id) } }
-        return stream
+        listeners.withLock { $0[id] = (table, inbox) }
+        return (id, inbox)
+    }
+
+    func unsubscribe(_ id: UUID) {
+        let gone = listeners.withLock { $0.removeValue(forKey: id) }
+        gone?.inbox.finish()
     }
 
     func publish(_ event: CommitEvent) {
-        listeners.withLock { listeners in
+        let waiting: [ChunkInbox] = listeners.withLock { listeners in
             // Lines are built once per table, however many listen to it (this runs
-            // under the store's lock, on the writer's path).
-            var linesByTable: [String: [String]] = [:]
+            // under the store's lock, on the writer's path). A commit's lines are one
+            // chunk, and the stream's writer takes every chunk queued in one write.
+            var textByTable: [String: [UInt8]] = [:]
+            var waiting: [ChunkInbox] = []
             for (id, listener) in listeners {
                 guard let rows = event.rows[listener.table] else { continue }
-                let lines = linesByTable[listener.table] ?? Self.lines(rows)
-                linesByTable[listener.table] = lines
-                for line in lines {
-                    if case .dropped = listener.continuation.yield(line) {
-                        listener.continuation.yield("{\"error\":\"listener too far behind\"}\n")
-                        listener.continuation.finish()
-                        listeners[id] = nil
-                        break
-                    }
+                let text = textByTable[listener.table] ?? Array(Self.lines(rows).joined().utf8)
+                textByTable[listener.table] = text
+                switch listener.inbox.append(text) {
+                case .queued(let readerWaiting): if readerWaiting { waiting.append(listener.inbox) }
+                case .refused: listeners[id] = nil  // too far behind: its stream ends with an error line
                 }
             }
+            return waiting
         }
+        for inbox in waiting { inbox.wakeReader() }
     }
 
     static func lines(_ rows: [PackedPrimaryKey: RowChangeKind]) -> [String] {

@@ -1,5 +1,6 @@
 import CPatinaShims
 import CQuic
+import PatinaCore
 
 // The ngtcp2 application callbacks, all in one place. ngtcp2 calls them on the loop thread
 // from inside read_pkt / writev_stream / handle_expiry; `user_data` is the ConnectionCore
@@ -102,8 +103,9 @@ extension ConnectionCore {
         }
         cb.recv_datagram = { _, _, data, length, user in
             let c = core(user)
-            if let data {
-                c.events.datagrams.yield([UInt8](UnsafeBufferPointer(start: data, count: length)))
+            if let data, c.events.datagrams.append([UInt8](UnsafeBufferPointer(start: data, count: length)))
+                == .queued(readerWaiting: true) {
+                c.endpoint.pendingDatagramWakes.append(c.events.datagrams)
             }
             return 0
         }

@@ -1,18 +1,18 @@
+import PatinaCore
 import Synchronization
 
 /// What a connection reports to the application: incoming streams, datagrams, and its end.
 final class ConnectionEvents: Sendable {
     let streams: AsyncStream<QUICStream>.Continuation
     let streamSequence: AsyncStream<QUICStream>
-    let datagrams: AsyncStream<[UInt8]>.Continuation
-    let datagramSequence: AsyncStream<[UInt8]>
+    /// DATAGRAM frames for the application; the loop thread wakes its reader once per packet batch.
+    let datagrams: ChunkInbox
     private let ended = Mutex<(error: QUICError?, done: Bool, waiters: [CheckedContinuation<QUICError, Never>])>((nil, false, []))
     private let undelivered = Mutex<[[UInt8]]>([])
 
     init(datagramBuffer: Int) {
         (streamSequence, streams) = AsyncStream.makeStream(of: QUICStream.self)
-        (datagramSequence, datagrams) = AsyncStream.makeStream(
-            of: [UInt8].self, bufferingPolicy: .bufferingNewest(max(1, datagramBuffer)))
+        datagrams = ChunkInbox(capacity: datagramBuffer, overflow: .dropOldest)
     }
 
     func finish(_ error: QUICError) {

@@ -3,6 +3,7 @@ import CQuic
 import Foundation
 import Glibc
 import Logging
+import PatinaCore
 import Synchronization
 
 /// Length of the connection IDs this endpoint issues; short-header packets are routed by it.
@@ -118,6 +119,9 @@ final class EndpointCore: @unchecked Sendable {
     /// packets rather than once per packet: a bulk receiver then takes many packets' worth in
     /// one chunk, and the cooperative pool sees one job instead of dozens.
     var pendingWakes: [StreamCore] = []
+    /// Datagram inboxes with a waiting reader that got datagrams in this packet batch (for
+    /// the same reason: one wake-up per batch, see `ChunkInbox`).
+    var pendingDatagramWakes: [ChunkInbox] = []
 
     private func wakeReaders() {
         while !pendingWakes.isEmpty {
@@ -125,6 +129,8 @@ final class EndpointCore: @unchecked Sendable {
             pendingWakes.removeAll(keepingCapacity: true)
             for stream in list { stream.wakeReader() }
         }
+        for inbox in pendingDatagramWakes { inbox.wakeReader() }
+        pendingDatagramWakes.removeAll(keepingCapacity: true)
     }
 
     func markDirty(_ connection: ConnectionCore) {
@@ -176,6 +182,7 @@ final class EndpointCore: @unchecked Sendable {
         routes.removeAll()
         dirty.removeAll()
         pendingWakes.removeAll()
+        pendingDatagramWakes.removeAll()
         incoming.finish()
         let waiters = finished.withLock { w in
             let list = w ?? []

@@ -23,8 +23,13 @@ public final class QUICConnection: Sendable {
     public var incomingStreams: AsyncStream<QUICStream> { core.events.streamSequence }
 
     /// DATAGRAM frames from the peer (RFC 9221). Unreliable: when the reader lags, the
-    /// oldest are dropped beyond `QUICEndpointConfig.datagramReceiveBuffer`.
-    public var incomingDatagrams: AsyncStream<[UInt8]> { core.events.datagramSequence }
+    /// oldest are dropped beyond `QUICEndpointConfig.datagramReceiveBuffer`. Read either
+    /// this or ``incomingDatagramBatches``, by one task.
+    public var incomingDatagrams: QUICDatagrams { QUICDatagrams(inbox: core.events.datagrams) }
+
+    /// The same datagrams in batches: each element is everything that arrived since the
+    /// previous one was taken, so a busy reader pays its per-wake-up cost once per batch.
+    public var incomingDatagramBatches: QUICDatagramBatches { QUICDatagramBatches(inbox: core.events.datagrams) }
 
     /// Opens a bidirectional stream; suspends while the peer's stream limit is reached.
     public func openBiStream() async throws -> QUICStream { try await open(.bidirectional) }

@@ -211,4 +211,20 @@ struct Materialized {
         reader.stop()
         #expect(try await live.send("POST", "/v1/updates/nope").status == 404)
     }
+
+    /// Commits queued while the stream's writer is busy leave in one write; none may be
+    /// lost, repeated or reordered on the way.
+    @Test func updatesStreamDeliversABurstOfCommitsWholeAndInOrder() async throws {
+        let live = try await LiveAPI()
+        defer { live.stop() }
+        let reader = StreamReader(live: live, method: "POST", path: "/v1/updates/tags", json: nil)
+        #expect(try await eventually { !reader.headers.isEmpty })
+        let commits = 300
+        for i in 0..<commits { try live.store.execute("INSERT INTO tags (todo, tag) VALUES ('t\(i)', 'x')") }
+        try live.store.execute("INSERT INTO tags (todo, tag) VALUES ('m1', 'y'), ('m2', 'y')")
+        #expect(try await eventually { reader.all.count >= commits + 2 })
+        let todos = reader.all.compactMap { (($0["notify"] as? [Any])?[1] as? [String])?.first }
+        #expect(todos == (0..<commits).map { "t\($0)" } + ["m1", "m2"])
+        reader.stop()
+    }
 }

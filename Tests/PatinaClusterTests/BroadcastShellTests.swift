@@ -71,6 +71,31 @@ import Testing
         #expect(await shell.malformedFrames == 2)
     }
 
+    @Test func aDatagramBatchIsOneEventAndAMalformedDatagramIsDroppedAlone() async throws {
+        let applied = Mutex<[[Changeset]]>([])
+        let transport = RecordingTransport()
+        // Regional: "x" is outside this node's region, "a" and "b" are in it, so fresh changes are relayed to both.
+        var config = BroadcastConfig()
+        config.region = "r1"
+        let regional = BroadcastShell(localActor: clusterTestActor(1), config: config, seed: 1, transport: transport) { cs in
+            applied.withLock { $0.append(cs) }
+        }
+        await regional.membersChanged([BroadcastMember(id: "x", rtt: .milliseconds(50), region: "r2"),
+                                       BroadcastMember(id: "a", rtt: .milliseconds(1), region: "r1"),
+                                       BroadcastMember(id: "b", rtt: .milliseconds(1), region: "r1")])
+        let one = makeChangeset(clusterTestActor(2), version: 1)
+        let two = makeChangeset(clusterTestActor(3), version: 1)
+        let datagrams = [WireMessage.changesets([one]).encodeFrame(), [0, 0, 0, 2, 0x01, 0xff],
+                         WireMessage.changesets([two]).encodeFrame(), WireMessage.changesets([one]).encodeFrame()]
+        await regional.received(datagrams: datagrams, from: "x")
+        #expect(await regional.malformedFrames == 1)
+        #expect(applied.withLock { $0 } == [[one, two]], "one apply for the batch, the duplicate left out")
+        await regional.performPendingSends()
+        let sent = try transport.decoded()
+        #expect(Set(sent.map(\.peer)) == ["a", "b"])
+        #expect(sent.allSatisfy { $0.changesets == [one, two] }, "one relay frame per peer for the whole batch")
+    }
+
     /// Three stores; each commit on one reaches the others through broadcast
     /// shells running for real (concurrent sends, ticker) and apply queues.
     @Test func threeStoresConvergeThroughBroadcast() async throws {

@@ -90,6 +90,26 @@ public actor BroadcastShell {
         await received(decoder.changesets, from: peer)
     }
 
+    /// Broadcast datagrams that arrived together from `peer`, each holding whole frames:
+    /// decoded one by one (a malformed one is dropped alone and counted), then handled
+    /// as one event, so relays to a peer leave as one frame and the apply queue is
+    /// offered one batch.
+    public func received(datagrams: [[UInt8]], from peer: String, maxFrameSize: Int = Frame.defaultMaxSize) async {
+        var changesets: [Changeset] = []
+        for datagram in datagrams {
+            var decoder = BroadcastStreamDecoder(maxFrameSize: maxFrameSize)
+            do throws(WireError) {
+                try decoder.feed(datagram)
+                try decoder.finish()
+                changesets += decoder.changesets
+            } catch {
+                malformedFrames += 1
+                logger.warning("malformed broadcast datagram", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            }
+        }
+        if !changesets.isEmpty { await received(changesets, from: peer) }
+    }
+
     /// Runs due retransmissions.
     public func tick() async {
         let t = now()
@@ -163,11 +183,12 @@ public actor BroadcastShell {
     /// local disk off the propagation path.
     private func execute(_ directives: [BroadcastDirective]) async {
         var toApply: [[Changeset]] = []
+        var sends = 0
         for d in directives {
             switch d {
             case .send(let peer, let changesets):
                 outbox.append(SendRequest(peer: peer, frame: WireMessage.changesets(changesets).encodeFrame()))
-                wakeContinuation.yield()
+                sends += 1
             case .apply(let changesets):
                 toApply.append(changesets)
             case .scheduleTick(let after):
@@ -175,6 +196,8 @@ public actor BroadcastShell {
                 if nextTick == nil || at < nextTick! { nextTick = at }
             }
         }
+        // One wake for all of them: the sender takes the whole outbox at once.
+        if sends > 0 { wakeContinuation.yield() }
         for c in toApply { await apply(c) }
     }
 }

@@ -243,13 +243,18 @@ public final class ClusterNode: Sendable {
         }
         await withDiscardingTaskGroup { group in
             group.addTask {
-                for await datagram in connection.incomingDatagrams {
-                    if QUICChangesetTransport.isBroadcastFrame(datagram) {
-                        // Malformed ones are counted and logged by the shell.
-                        try? await self.broadcastShell.received(streamBytes: datagram, from: peer)
-                    } else {
-                        self.membershipTransport.deliver(datagram, from: peer)
+                // In batches: one hop into broadcast for all the frames that came together.
+                for await datagrams in connection.incomingDatagramBatches {
+                    var frames: [[UInt8]] = []
+                    for datagram in datagrams {
+                        if QUICChangesetTransport.isBroadcastFrame(datagram) {
+                            frames.append(datagram)
+                        } else {
+                            self.membershipTransport.deliver(datagram, from: peer)
+                        }
                     }
+                    // Malformed ones are counted and logged by the shell.
+                    if !frames.isEmpty { await self.broadcastShell.received(datagrams: frames, from: peer) }
                 }
             }
             group.addTask {
