@@ -48,6 +48,10 @@ final class ConnectionCore: @unchecked Sendable {
     /// Lost message datagrams waiting to be re-sent on a stream (not from inside a callback).
     var lostMessages: [[UInt8]] = []
     var messagesResent: UInt64 = 0
+    /// Messages re-sent on a stream whose data the peer has not acknowledged yet, by resend
+    /// order: if the connection ends first they go back to the application with the rest.
+    var resentMessages: [UInt64: [UInt8]] = [:]
+    var nextResendID: UInt64 = 0
     var datagramWaiters: [CheckedContinuation<Void, any Error>] = []
     var openWaiters: [(kind: StreamKind, opened: (Result<StreamCore, QUICError>) -> Void)] = []
     var drainWaiters: [CheckedContinuation<Void, Never>] = []
@@ -582,8 +586,11 @@ final class ConnectionCore: @unchecked Sendable {
         connectionBlocked.removeAll()
         // Messages taken and not known delivered go back to the application, which may
         // send them again on another connection (QUICConnection.takeUndeliveredMessages).
-        events.keepUndelivered(lostMessages + unackedMessages.sorted { $0.key < $1.key }.map(\.value.bytes)
+        // Oldest first: re-sent on streams (lost earliest), lost, unacknowledged, still queued.
+        events.keepUndelivered(resentMessages.sorted { $0.key < $1.key }.map(\.value) + lostMessages
+                               + unackedMessages.sorted { $0.key < $1.key }.map(\.value.bytes)
                                + datagrams.filter(\.resendIfLost).map(\.bytes))
+        resentMessages.removeAll()
         datagrams.removeAll()
         unackedMessages.removeAll()
         lostMessages.removeAll()
@@ -654,6 +661,11 @@ final class ConnectionCore: @unchecked Sendable {
         }
     }
 
+    /// The peer acknowledged all of a re-sent message's stream.
+    func resentMessageDelivered(_ id: UInt64) {
+        if resentMessages.removeValue(forKey: id) != nil { checkDrained() }
+    }
+
     func messageDatagramAcked(_ id: UInt64) {
         if unackedMessages.removeValue(forKey: id) != nil { checkDrained() }
     }
@@ -710,8 +722,14 @@ final class ConnectionCore: @unchecked Sendable {
         let limit = endpoint.config.streamSendBuffer
         for bytes in lost {
             messagesResent += 1
+            let id = nextResendID
+            nextResendID += 1
+            resentMessages[id] = bytes
             openStream(kind: .unidirectional) { result in
-                if case .success(let stream) = result { stream.write(bytes, fin: true, limit: limit, nil) }
+                // On failure the connection has ended, and failEverything handed the message back.
+                guard case .success(let stream) = result else { return }
+                stream.resentMessageID = id
+                stream.write(bytes, fin: true, limit: limit, nil)
             }
         }
     }

@@ -38,6 +38,8 @@ final class StreamCore: @unchecked Sendable {
     var finWritten = false
     var finAcked = false
     var inSendQueue = false
+    /// Set on a stream that carries a message datagram sent again (ConnectionCore.resentMessages).
+    var resentMessageID: UInt64?
     var blocked = false
     var sendError: QUICError?
     /// A peer-opened stream counts against the peer's stream limit until ngtcp2 has closed it
@@ -146,6 +148,10 @@ final class StreamCore: @unchecked Sendable {
         while let first = writers.first, first.threshold <= ackedOffset {
             writers.removeFirst()
             first.continuation.resume()
+        }
+        if let id = resentMessageID, finQueued, ackedOffset >= queuedOffset {
+            resentMessageID = nil
+            connection.resentMessageDelivered(id)
         }
         connection.checkDrained()
     }

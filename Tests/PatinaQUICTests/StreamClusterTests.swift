@@ -407,6 +407,25 @@ struct MessageClusterTests {
         await pair.shutdown()
     }
 
+    /// A message re-sent on a stream (its datagram was lost) is still handed back when the
+    /// connection ends before the peer acknowledged that stream.
+    @Test func messagesResentOnStreamsAreHandedBackIfTheConnectionEndsFirst() async throws {
+        let pair = try await Pair.make(proxyDroppingEvery: .max)
+        let proxy = try #require(pair.proxy)
+        let messages = (0..<3).map { pattern(700 + $0, count: 60) }
+        proxy.setBlackout(true)
+        for m in messages { try await pair.clientSide.sendMessage(m) }
+        // In the blackout nothing is acknowledged: after the give-up time all three go again on streams.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try #require(await pair.clientSide.stats()).messagesResent < UInt64(messages.count) {
+            try #require(ContinuousClock.now < deadline, "messages were not re-sent on streams")
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        await pair.clientSide.close(drain: false)
+        #expect(pair.clientSide.takeUndeliveredMessages() == messages)
+        await pair.shutdown()
+    }
+
     /// ngtcp2 0.12 does not report a lost DATAGRAM frame whose packet it had
     /// already reclaimed on a probe timeout, which it does to a lost packet
     /// that also carried a retransmittable frame (here stream data). Each round
