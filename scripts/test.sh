@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 swift build --build-tests
 heavy="ClusterProcessTests|AgentProcessTests|RegionsProcessTests|LiveProcessTests|SimulationTests"
-swift test --skip-build --skip "$heavy" "$@"
+# The WAN emulator's timing tests measure delays to the millisecond: alone, not
+# beside a hundred other tests (in their company one failed with 11 of 200
+# datagrams late where 10 are allowed).
+timing="WANEmulatorClusterTests"
+swift test --skip-build --skip "$heavy|$timing" "$@"
+swift test --skip-build --filter "$timing" "$@"
 swift test --skip-build --filter "SimulationTests" "$@"
 swift test --skip-build --filter "AgentProcessTests|ClusterProcessTests|RegionsProcessTests|LiveProcessTests" "$@"
