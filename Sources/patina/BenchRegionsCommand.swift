@@ -51,6 +51,7 @@ struct BenchRegions: ParsableCommand {
         print("WAN emulator: \(outcome.emulator)")
         print(outcome.cost.description)
         print(outcome.delivery.description)
+        if let lag = outcome.replicationLagAtEnd { print(lag.description) }
         print("the nodes' own lag metric (patina_propagation_lag_seconds, origin HLC commit → apply, incl. warm-up):")
         for (region, lag) in outcome.nodeLagByOriginRegion.sorted(by: { $0.key < $1.key }) where lag.count > 0 {
             print("  from \(region): mean \(String(format: "%.1f", lag.sumSeconds / lag.count * 1000)) ms over \(Int(lag.count)) applies")

@@ -37,6 +37,16 @@ import Testing
         #expect(ProbeMeasurements(nodes: [], writes: Array(writes.prefix(2)), seen: [], rttMilliseconds: []).sustainedWritesPerSecond == 0)
     }
 
+    @Test func replicationLagComesFromHealthAnswers() throws {
+        let body = "{\"response\":{\"gaps\":0,\"members\":15,\"p99_lag\":0.243,\"queue_size\":3}}\n"
+        #expect(try #require(RegionsBenchmark.healthP99LagMilliseconds(body)) == 243)
+        #expect(RegionsBenchmark.healthP99LagMilliseconds("{\"error\":\"x\"}") == nil)
+        #expect(RegionsBenchmark.healthP99LagMilliseconds("not json") == nil)
+        let lag = try #require(RegionsBenchmark.ReplicationLag(nodeP99Milliseconds: [300, 100, 200]))
+        #expect(lag.median == 200 && lag.max == 300)
+        #expect(RegionsBenchmark.ReplicationLag(nodeP99Milliseconds: []) == nil)
+    }
+
     @Test func noSamplesHaveNoPercentiles() {
         let latency = LatencyReport.Distribution(observed: [])
         #expect([latency.p50, latency.p99, latency.max] == Array(repeating: .noSamples, count: 3))

@@ -56,6 +56,13 @@ import Testing
         #expect(delivery.local >= 60, "\(delivery)")
         #expect(delivery.accountsForEveryChange, "\(delivery)")
 
+        // Replication by the nodes' own account, as the writes ended: every node answered,
+        // and no p99 beats the shortest emulated link (each node hears from other regions).
+        let replication = try #require(outcome.replicationLagAtEnd)
+        #expect(replication.nodeP99Milliseconds.count == report.nodeCount)
+        let shortestLink = regions.flatMap { a in regions.filter { $0 != a }.map { shortest[a]![$0]! } }.min() ?? 0
+        #expect(replication.median >= shortestLink - 2 * topology.jitterMilliseconds - slack, "\(replication.description)")
+
         // Every node labels its own lag histogram by the origin's region.
         for region in regions {
             let lag = try #require(outcome.nodeLagByOriginRegion[region], "no lag samples labelled \(region)")

@@ -96,16 +96,31 @@ public final class ProbeRun: Sendable {
     public let idBase: Int64
 
     private struct Shared {
-        var seen: [[Int64: UInt64]]
-        /// id → nodes that have seen it.
-        var seenCount: [Int64: Int] = [:]
         var streamsOpen = 0
         var streamErrors: [String] = []
-        var writes: [ProbeMeasurements.Write] = []
         var writeErrors: [String] = []
     }
 
+    /// What one thread records, behind a lock of its own.
+    ///
+    /// Why not one lock for all: 15 watchers taking one lock per line and 15 writers
+    /// one per write formed a lock convoy on a saturated machine (Swift's Mutex is a
+    /// priority-inheritance futex: each hand-off waits for the next waiter to be
+    /// scheduled). At 1,000 writes/s the watchers slept on the lock while 100 KB of
+    /// update lines piled up in their sockets, and the report showed seconds of
+    /// "propagation" that were the observer's own queue.
+    private final class Log<Value: Sendable>: Sendable {
+        let value: Mutex<Value>
+        init(_ initial: Value) { value = Mutex(initial) }
+    }
+
     private let shared: Mutex<Shared>
+    /// Per node: probe id → when its update event arrived there (the first one counts).
+    private let seen: [Log<[Int64: UInt64]>]
+    /// Per writer node: its writes, in order.
+    private let written: [Log<[ProbeMeasurements.Write]>]
+    /// Accepted writes seen on every node so far, and those not yet (counts() keeps them).
+    private let progressState = Mutex<(visibleEverywhere: Set<Int64>, pending: [Int64])>(([], []))
     private let stopped = Atomic<Bool>(false)
 
     public init(nodes: [ProbeNode], writers: [Int], table: String = "patina_probe",
@@ -115,7 +130,9 @@ public final class ProbeRun: Sendable {
         self.writers = writers
         self.table = table
         self.idBase = idBase
-        shared = Mutex(Shared(seen: Array(repeating: [:], count: nodes.count)))
+        shared = Mutex(Shared())
+        seen = nodes.map { _ in Log([:]) }
+        written = nodes.map { _ in Log([]) }
     }
 
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
@@ -166,13 +183,8 @@ public final class ProbeRun: Sendable {
             }) { line in
                 let at = Self.now()
                 if let id = Self.probeID(in: line) {
-                    shared.withLock { s in
-                        // The earliest event counts; a repeat leaves it alone.
-                        if s.seen[index][id] == nil {
-                            s.seen[index][id] = at
-                            s.seenCount[id, default: 0] += 1
-                        }
-                    }
+                    // The earliest event counts; a repeat leaves it alone.
+                    seen[index].value.withLock { if $0[id] == nil { $0[id] = at } }
                 } else if line.contains("\"error\"") {
                     shared.withLock { $0.streamErrors.append("\(self.nodes[index].name): \(line)") }
                 }
@@ -230,10 +242,8 @@ public final class ProbeRun: Sendable {
         }
         let (sent, visible) = counts()
         progress(sent, visible)
-        return shared.withLock { s in
-            ProbeMeasurements(nodes: nodes, writes: s.writes.sorted { $0.id < $1.id }, seen: s.seen,
-                              rttMilliseconds: rttMilliseconds)
-        }
+        return ProbeMeasurements(nodes: nodes, writes: allWrites().sorted { $0.id < $1.id },
+                                 seen: seen.map { $0.value.withLock { $0 } }, rttMilliseconds: rttMilliseconds)
     }
 
     /// Write errors and stream errors seen so far (for the report).
@@ -243,14 +253,34 @@ public final class ProbeRun: Sendable {
     /// process or the agents end.
     public func stop() { stopped.store(true, ordering: .relaxed) }
 
+    private func allWrites() -> [ProbeMeasurements.Write] { written.flatMap { $0.value.withLock { $0 } } }
+
+    /// Writes sent, and accepted writes seen on every node. Incremental: a write found
+    /// visible everywhere is not looked at again.
     private func counts() -> (sent: Int, visible: Int) {
-        shared.withLock { s in
-            (s.writes.count, s.writes.filter { w in w.answeredAt != nil && s.seenCount[w.id] == nodes.count }.count)
+        let writes = allWrites()
+        let accepted = writes.compactMap { $0.answeredAt == nil ? nil : $0.id }
+        return progressState.withLock { p in
+            let known = Set(p.pending).union(p.visibleEverywhere)
+            p.pending += accepted.filter { !known.contains($0) }
+            // Looked up in place, node by node: a copy of a watcher's map would make its
+            // next insert copy the whole map.
+            var everywhere = p.pending
+            for log in seen {
+                guard !everywhere.isEmpty else { break }
+                log.value.withLock { map in everywhere.removeAll { map[$0] == nil } }
+            }
+            let done = Set(everywhere)
+            p.pending.removeAll { done.contains($0) }
+            p.visibleEverywhere.formUnion(done)
+            return (writes.count, p.visibleEverywhere.count)
         }
     }
 
     private func allVisible() -> Bool {
-        shared.withLock { s in s.writes.allSatisfy { w in w.answeredAt == nil || s.seenCount[w.id] == nodes.count } }
+        let (sent, visible) = counts()
+        let failed = allWrites().filter { $0.answeredAt == nil }.count
+        return visible == sent - failed
     }
 
     private func write(from node: Int, slots: [Int], start: UInt64, interval: Double) {
@@ -270,9 +300,11 @@ public final class ProbeRun: Sendable {
             } catch {
                 failure = "\(error)"
             }
-            shared.withLock { s in
-                s.writes.append(ProbeMeasurements.Write(id: id, origin: node, answeredAt: answeredAt))
-                if let failure, s.writeErrors.count < 20 { s.writeErrors.append("\(nodes[node].name): write \(id): \(failure)") }
+            written[node].value.withLock { $0.append(ProbeMeasurements.Write(id: id, origin: node, answeredAt: answeredAt)) }
+            if let failure {
+                shared.withLock { s in
+                    if s.writeErrors.count < 20 { s.writeErrors.append("\(nodes[node].name): write \(id): \(failure)") }
+                }
             }
         }
     }

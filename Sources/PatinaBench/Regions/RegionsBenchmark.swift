@@ -1,5 +1,6 @@
 import Foundation
 import PatinaNode
+import Synchronization
 
 /// `patina bench regions`: a local cluster of real agents whose node-to-node
 /// traffic all passes through the WAN emulator, probe writes on nodes of every
@@ -37,6 +38,30 @@ public struct RegionsBenchmark: Sendable {
         public var cost: Cost
         /// How changesets reached the nodes, summed over nodes (whole run).
         public var delivery: Delivery
+        /// Each node's own p99 lag (`GET /v1/health`: origin commit → apply, its last 1024
+        /// remote commits), read as the last write was answered; nil when no node answered.
+        public var replicationLagAtEnd: ReplicationLag?
+    }
+
+    /// The nodes' own view of how far replication is behind, apart from what the
+    /// watchers saw: when the two differ, the difference is the update streams (the
+    /// subscribers' side), not replication.
+    public struct ReplicationLag: Sendable, Equatable {
+        /// p99 lag of each node that answered, milliseconds, ascending.
+        public var nodeP99Milliseconds: [Double]
+
+        public init?(nodeP99Milliseconds: [Double]) {
+            guard !nodeP99Milliseconds.isEmpty else { return nil }
+            self.nodeP99Milliseconds = nodeP99Milliseconds.sorted()
+        }
+
+        public var median: Double { nodeP99Milliseconds[nodeP99Milliseconds.count / 2] }
+        public var max: Double { nodeP99Milliseconds.last! }
+
+        public var description: String {
+            String(format: "replication as the writes ended: the nodes' own p99 lag (origin commit → apply, last 1024 applies each) median %.1f ms, max %.1f ms over %d nodes",
+                   median, max, nodeP99Milliseconds.count)
+        }
     }
 
     /// The nodes' broadcast and sync counters at the end of the run, summed:
@@ -150,8 +175,14 @@ public struct RegionsBenchmark: Sendable {
         let agentCPUBefore = cluster.agentCPUSeconds()
         let benchCPUBefore = Self.ownCPUSeconds()
         let datagramsBefore = emulator.stats.received
+        // Sampled once, when every write has been sent, before the run waits for them all.
+        let lagAtEnd = Mutex<ReplicationLag??>(nil)
         let measured = try probe.run(count: writes, rate: rate, settle: settle, rttMilliseconds: rtts) { sent, visible in
             progress("  \(sent)/\(total) written, \(visible) visible everywhere")
+            if sent == total, lagAtEnd.withLock({ $0 == nil }) {
+                let sample = ReplicationLag(nodeP99Milliseconds: Self.nodeP99Lags(cluster.nodes))
+                lagAtEnd.withLock { $0 = .some(sample) }
+            }
         }
         let accepted = Double(max(1, measured.acceptedWrites.count))
         let cost = Cost(
@@ -185,7 +216,24 @@ public struct RegionsBenchmark: Sendable {
         var errors = probe.errors
         if measured.failedWrites > 0 { errors.insert("\(measured.failedWrites) writes failed", at: 0) }
         return Outcome(report: report, emulator: emulator.stats, nodeLagByOriginRegion: lag, errors: errors, cost: cost,
-                       delivery: delivery)
+                       delivery: delivery, replicationLagAtEnd: lagAtEnd.withLock { $0 ?? nil })
+    }
+
+    /// Each node's `p99_lag` from `GET /v1/health`, in milliseconds (nodes that do not answer are left out).
+    static func nodeP99Lags(_ nodes: [LocalCluster.Node]) -> [Double] {
+        nodes.compactMap { node in
+            guard let text = try? node.client.send("GET", "/v1/health").text else { return nil }
+            return healthP99LagMilliseconds(text)
+        }
+    }
+
+    /// `p99_lag` (seconds) of a `/v1/health` answer, in milliseconds.
+    static func healthP99LagMilliseconds(_ body: String) -> Double? {
+        guard let data = body.data(using: .utf8),
+              let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let response = json["response"] as? [String: Any],
+              let seconds = (response["p99_lag"] as? NSNumber)?.doubleValue else { return nil }
+        return seconds * 1000
     }
 
     static func ownCPUSeconds() -> Double {

@@ -55,12 +55,16 @@ public struct HTTPClient: Sendable {
     public func lines(_ method: String, _ path: String, body: Data? = nil,
                       onHead: (Int, [String: String]) -> Void = { _, _ in },
                       onLine: (String) -> Bool) throws {
-        var pending = Data()
+        var pending: [UInt8] = []
         try stream(method, path, body: body, onHead: onHead) { chunk in
-            pending.append(chunk)
-            while let newline = pending.firstIndex(of: 0x0a) {
-                let line = String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)
-                pending.removeSubrange(pending.startIndex...newline)
+            pending.append(contentsOf: chunk)
+            // Consumed lines are dropped once per chunk, not once per line: a chunk of
+            // thousands of lines (a stream catching up) stays linear.
+            var start = 0
+            defer { pending.removeFirst(start) }
+            while let newline = pending[start...].firstIndex(of: 0x0a) {
+                let line = String(decoding: pending[start..<newline], as: UTF8.self)
+                start = newline + 1
                 if !onLine(line) { return false }
             }
             return true
@@ -206,14 +210,16 @@ public struct HTTPClient: Sendable {
     }
 
     func readSome(_ fd: Int32) throws -> Data? {
-        var buffer = [UInt8](repeating: 0, count: 64 << 10)
-        while true {
-            let n = recv(fd, &buffer, buffer.count, 0)
-            if n > 0 { return Data(buffer[0..<n]) }
-            if n == 0 { return nil }
-            if errno == EINTR { continue }
-            if errno == EAGAIN || errno == EWOULDBLOCK { throw ClientError(message: "\(target): timed out waiting for data") }
-            throw ClientError(message: "\(target): read failed: \(String(cString: strerror(errno)))")
+        // Not zero-filled: a stream reads many times a second.
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64 << 10) { buffer in
+            while true {
+                let n = recv(fd, buffer.baseAddress, buffer.count, 0)
+                if n > 0 { return Data(bytes: buffer.baseAddress!, count: n) }
+                if n == 0 { return nil }
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { throw ClientError(message: "\(target): timed out waiting for data") }
+                throw ClientError(message: "\(target): read failed: \(String(cString: strerror(errno)))")
+            }
         }
     }
 }
@@ -227,23 +233,27 @@ struct ChunkedDecoder {
     mutating func feed(_ data: Data) throws -> (Data, Bool) {
         buffer.append(data)
         var out = Data()
+        // What is consumed goes once per feed, not once per chunk: a read holding many
+        // small chunks stays linear.
+        var i = buffer.startIndex
+        defer { buffer.removeSubrange(buffer.startIndex..<i) }
         while !done {
             if remaining > 0 {
-                let take = min(remaining, buffer.count)
+                let take = min(remaining, buffer.endIndex - i)
                 if take == 0 { break }
                 let payload = max(0, min(take, remaining - 2))
-                out.append(buffer.prefix(payload))
-                buffer.removeFirst(take)
+                out.append(buffer[i..<(i + payload)])
+                i += take
                 remaining -= take
                 continue
             }
-            guard let lineEnd = buffer.range(of: Data("\r\n".utf8)) else { break }
-            let sizeText = String(decoding: buffer[buffer.startIndex..<lineEnd.lowerBound], as: UTF8.self)
+            guard let lineEnd = buffer.range(of: Self.crlf, in: i..<buffer.endIndex) else { break }
+            let sizeText = String(decoding: buffer[i..<lineEnd.lowerBound], as: UTF8.self)
                 .split(separator: ";").first.map(String.init) ?? ""
             guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else {
                 throw HTTPClient.ClientError(message: "malformed chunked body")
             }
-            buffer.removeSubrange(buffer.startIndex..<lineEnd.upperBound)
+            i = lineEnd.upperBound
             if size == 0 {
                 done = true
                 break
@@ -252,6 +262,8 @@ struct ChunkedDecoder {
         }
         return (out, done)
     }
+
+    private static let crlf = Data("\r\n".utf8)
 }
 
 extension HTTPClient {
