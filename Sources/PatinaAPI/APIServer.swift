@@ -285,10 +285,12 @@ public struct PatinaAPI: Sendable {
         guard let table = context.parameters.get("table"), let info = access.store.tables.first(where: { $0.name == table }) else {
             throw APIError(.notFound, "no such replicated table")
         }
-        let (id, inbox) = updates.subscribe(table: info.name)
-        let feed = updates
+        let subscription = updates.subscribe(table: info.name)
+        let inbox = subscription.inbox
         let body = ResponseBody { writer in
-            defer { feed.unsubscribe(id) }
+            // Also ends when the body is never written (a client gone before the head):
+            // the subscription ends when the last reference to it goes.
+            defer { subscription.cancel() }
             // Everything queued since the last write goes as one write: a listener that
             // fell behind catches up instead of paying one write per commit.
             while let chunks = await inbox.next() {
@@ -324,19 +326,39 @@ public struct PatinaAPI: Sendable {
 }
 
 /// `/v1/updates/{table}`: one NDJSON line per changed row, from commit events; a
-/// listener more than 100,000 commits behind is cut off with an error line.
+/// listener more than 100,000 commits or 16 MiB of lines behind is cut off with an
+/// error line.
 final class UpdateFeed: Sendable {
     static let maxQueuedCommits = 100_000
+    static let maxQueuedBytes = 16 << 20
     private let listeners = Mutex<[UUID: (table: String, inbox: ChunkInbox)]>([:])
 
-    func subscribe(table: String) -> (UUID, ChunkInbox) {
-        let inbox = ChunkInbox(capacity: Self.maxQueuedCommits, overflow: .finish)
-        let id = UUID()
-        listeners.withLock { $0[id] = (table, inbox) }
-        return (id, inbox)
+    /// One listener's place in the feed; it leaves the feed when cancelled or released.
+    final class Subscription: Sendable {
+        let inbox: ChunkInbox
+        private let id: UUID
+        private let feed: UpdateFeed
+
+        init(feed: UpdateFeed, id: UUID, inbox: ChunkInbox) {
+            self.feed = feed
+            self.id = id
+            self.inbox = inbox
+        }
+
+        func cancel() { feed.unsubscribe(id) }
+        deinit { feed.unsubscribe(id) }
     }
 
-    func unsubscribe(_ id: UUID) {
+    func subscribe(table: String) -> Subscription {
+        let inbox = ChunkInbox(capacity: Self.maxQueuedCommits, maxBytes: Self.maxQueuedBytes, overflow: .finish)
+        let id = UUID()
+        listeners.withLock { $0[id] = (table, inbox) }
+        return Subscription(feed: self, id: id, inbox: inbox)
+    }
+
+    var listenerCount: Int { listeners.withLock { $0.count } }
+
+    private func unsubscribe(_ id: UUID) {
         let gone = listeners.withLock { $0.removeValue(forKey: id) }
         gone?.inbox.finish()
     }
@@ -348,15 +370,17 @@ final class UpdateFeed: Sendable {
             // chunk, and the stream's writer takes every chunk queued in one write.
             var textByTable: [String: [UInt8]] = [:]
             var waiting: [ChunkInbox] = []
+            var behind: [UUID] = []
             for (id, listener) in listeners {
                 guard let rows = event.rows[listener.table] else { continue }
                 let text = textByTable[listener.table] ?? Array(Self.lines(rows).joined().utf8)
                 textByTable[listener.table] = text
                 switch listener.inbox.append(text) {
                 case .queued(let readerWaiting): if readerWaiting { waiting.append(listener.inbox) }
-                case .refused: listeners[id] = nil  // too far behind: its stream ends with an error line
+                case .refused: behind.append(id)  // too far behind: its stream ends with an error line
                 }
             }
+            for id in behind { listeners[id] = nil }
             return waiting
         }
         for inbox in waiting { inbox.wakeReader() }

@@ -29,30 +29,41 @@ public final class ChunkInbox: Sendable {
 
     private struct State {
         var chunks: [[UInt8]] = []
+        var bytes = 0
         var waiter: CheckedContinuation<[[UInt8]]?, Never>?
         var finished = false
         var overflowed = false
         var dropped: UInt64 = 0
     }
 
+    /// At most this many chunks wait…
     public let capacity: Int
+    /// …holding at most this many bytes together (one chunk alone may hold more).
+    public let maxBytes: Int
     public let overflow: Overflow
     private let state = Mutex(State())
 
-    public init(capacity: Int, overflow: Overflow) {
+    public init(capacity: Int, maxBytes: Int = .max, overflow: Overflow) {
         self.capacity = max(1, capacity)
+        self.maxBytes = max(1, maxBytes)
         self.overflow = overflow
     }
 
-    /// Queues one chunk.
+    /// Queues one chunk. When a waiting reader is reported, the caller MUST call
+    /// ``wakeReader()`` once it has appended what it had.
     public func append(_ chunk: [UInt8]) -> AppendResult {
         state.withLock { s -> AppendResult in
             guard !s.finished else { return .refused }
-            if s.chunks.count >= capacity {
+            func full() -> Bool {
+                !s.chunks.isEmpty && (s.chunks.count >= capacity || s.bytes > maxBytes - chunk.count)
+            }
+            if full() {
                 switch overflow {
                 case .dropOldest:
-                    s.chunks.removeFirst(s.chunks.count - capacity + 1)
-                    s.dropped += 1
+                    while full() {
+                        s.bytes -= s.chunks.removeFirst().count
+                        s.dropped += 1
+                    }
                 case .finish:
                     // The chunks queued are full, so a waiting reader is woken by wakeReader.
                     s.finished = true
@@ -61,6 +72,7 @@ public final class ChunkInbox: Sendable {
                 }
             }
             s.chunks.append(chunk)
+            s.bytes += chunk.count
             return .queued(readerWaiting: s.waiter != nil)
         }
     }
@@ -70,7 +82,7 @@ public final class ChunkInbox: Sendable {
         let handOff: (CheckedContinuation<[[UInt8]]?, Never>, [[UInt8]])? = state.withLock { s in
             guard let waiter = s.waiter, !s.chunks.isEmpty else { return nil }
             s.waiter = nil
-            defer { s.chunks = [] }
+            defer { (s.chunks, s.bytes) = ([], 0) }
             return (waiter, s.chunks)
         }
         if let (waiter, chunks) = handOff { waiter.resume(returning: chunks) }
@@ -105,7 +117,7 @@ public final class ChunkInbox: Sendable {
             await withCheckedContinuation { (c: CheckedContinuation<[[UInt8]]?, Never>) in
                 let ready: [[UInt8]]?? = state.withLock { s in
                     if !s.chunks.isEmpty {
-                        defer { s.chunks = [] }
+                        defer { (s.chunks, s.bytes) = ([], 0) }
                         return .some(s.chunks)
                     }
                     if s.finished || Task.isCancelled { return .some(nil) }

@@ -104,7 +104,7 @@ extension ConnectionCore {
         cb.recv_datagram = { _, _, data, length, user in
             let c = core(user)
             if let data, c.events.datagrams.append([UInt8](UnsafeBufferPointer(start: data, count: length)))
-                == .queued(readerWaiting: true) {
+                == .queued(readerWaiting: true), c.endpoint.pendingDatagramWakes.last !== c.events.datagrams {
                 c.endpoint.pendingDatagramWakes.append(c.events.datagrams)
             }
             return 0

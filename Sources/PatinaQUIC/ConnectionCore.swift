@@ -580,17 +580,18 @@ final class ConnectionCore: @unchecked Sendable {
             handshakeWaiter = nil
             waiter.resume(throwing: error)
         }
-        for stream in streams.values { stream.fail(error) }
-        streams.removeAll()
-        sendQueue.removeAll()
-        connectionBlocked.removeAll()
         // Messages taken and not known delivered go back to the application, which may
-        // send them again on another connection (QUICConnection.takeUndeliveredMessages).
-        // Oldest first: re-sent on streams (lost earliest), lost, unacknowledged, still queued.
+        // send them again on another connection (QUICConnection.takeUndeliveredMessages):
+        // re-sent on streams (lost earliest), lost, unacknowledged, still queued. Taken
+        // before the streams fail, which would drop the re-sent ones (see failSend).
         events.keepUndelivered(resentMessages.sorted { $0.key < $1.key }.map(\.value) + lostMessages
                                + unackedMessages.sorted { $0.key < $1.key }.map(\.value.bytes)
                                + datagrams.filter(\.resendIfLost).map(\.bytes))
         resentMessages.removeAll()
+        for stream in streams.values { stream.fail(error) }
+        streams.removeAll()
+        sendQueue.removeAll()
+        connectionBlocked.removeAll()
         datagrams.removeAll()
         unackedMessages.removeAll()
         lostMessages.removeAll()
@@ -661,8 +662,10 @@ final class ConnectionCore: @unchecked Sendable {
         }
     }
 
-    /// The peer acknowledged all of a re-sent message's stream.
-    func resentMessageDelivered(_ id: UInt64) {
+    /// The peer acknowledged all of a re-sent message's stream, or its stream failed while
+    /// the connection lives (the peer reset it or stopped reading: sending it once more
+    /// could go round forever, so anti-entropy sync has it).
+    func resentMessageSettled(_ id: UInt64) {
         if resentMessages.removeValue(forKey: id) != nil { checkDrained() }
     }
 
@@ -726,8 +729,12 @@ final class ConnectionCore: @unchecked Sendable {
             nextResendID += 1
             resentMessages[id] = bytes
             openStream(kind: .unidirectional) { result in
-                // On failure the connection has ended, and failEverything handed the message back.
-                guard case .success(let stream) = result else { return }
+                guard case .success(let stream) = result else {
+                    // Ended with the connection: failEverything handed it back. Failed while
+                    // the connection lives: left to sync, as a reset stream's would be.
+                    if self.state == .established { self.resentMessageSettled(id) }
+                    return
+                }
                 stream.resentMessageID = id
                 stream.write(bytes, fin: true, limit: limit, nil)
             }
@@ -815,7 +822,8 @@ final class ConnectionCore: @unchecked Sendable {
     /// datagram has been acknowledged (a lost one goes again on a stream first).
     func checkDrained() {
         guard !drainWaiters.isEmpty else { return }
-        if streams.values.allSatisfy({ $0.isSendSettled }) && datagrams.isEmpty && unackedMessages.isEmpty && lostMessages.isEmpty {
+        if streams.values.allSatisfy({ $0.isSendSettled }) && datagrams.isEmpty && unackedMessages.isEmpty && lostMessages.isEmpty
+            && resentMessages.isEmpty {
             let waiters = drainWaiters
             drainWaiters.removeAll()
             for w in waiters { w.resume() }

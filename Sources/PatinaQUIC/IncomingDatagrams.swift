@@ -25,8 +25,7 @@ public struct QUICDatagrams: AsyncSequence, Sendable {
         var index = 0
 
         public mutating func next() async -> [UInt8]? {
-            if index == batch.count {
-                // A batch is never empty: the inbox hands out only what it holds.
+            while index == batch.count {
                 guard let more = await inbox.next() else { return nil }
                 batch = more
                 index = 0

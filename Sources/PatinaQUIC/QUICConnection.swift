@@ -24,7 +24,8 @@ public final class QUICConnection: Sendable {
 
     /// DATAGRAM frames from the peer (RFC 9221). Unreliable: when the reader lags, the
     /// oldest are dropped beyond `QUICEndpointConfig.datagramReceiveBuffer`. Read either
-    /// this or ``incomingDatagramBatches``, by one task.
+    /// this or ``incomingDatagramBatches``, by one task; leaving a `for await` loop early
+    /// drops the rest of the batch it was in.
     public var incomingDatagrams: QUICDatagrams { QUICDatagrams(inbox: core.events.datagrams) }
 
     /// The same datagrams in batches: each element is everything that arrived since the

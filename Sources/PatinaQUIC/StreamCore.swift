@@ -151,7 +151,7 @@ final class StreamCore: @unchecked Sendable {
         }
         if let id = resentMessageID, finQueued, ackedOffset >= queuedOffset {
             resentMessageID = nil
-            connection.resentMessageDelivered(id)
+            connection.resentMessageSettled(id)
         }
         connection.checkDrained()
     }
@@ -186,6 +186,10 @@ final class StreamCore: @unchecked Sendable {
 
     func failSend(_ error: QUICError) {
         if sendError == nil { sendError = error }
+        if let id = resentMessageID {
+            resentMessageID = nil
+            connection.resentMessageSettled(id)
+        }
         let waiting = writers
         writers.removeAll()
         for w in waiting { w.continuation.resume(throwing: error) }

@@ -212,6 +212,21 @@ struct Materialized {
         #expect(try await live.send("POST", "/v1/updates/nope").status == 404)
     }
 
+    /// A listener whose response is dropped without being written leaves the feed.
+    @Test func anUnwrittenUpdatesResponseLeavesTheFeed() {
+        let feed = UpdateFeed()
+        do {
+            let subscription = feed.subscribe(table: "tags")
+            #expect(feed.listenerCount == 1)
+            _ = subscription
+        }
+        #expect(feed.listenerCount == 0)
+        let cancelled = feed.subscribe(table: "tags")
+        cancelled.cancel()
+        #expect(feed.listenerCount == 0)
+        #expect(cancelled.inbox.append([1]) == .refused, "finished when it left")
+    }
+
     /// Commits queued while the stream's writer is busy leave in one write; none may be
     /// lost, repeated or reordered on the way.
     @Test func updatesStreamDeliversABurstOfCommitsWholeAndInOrder() async throws {

@@ -63,3 +63,29 @@ import Testing
         #expect(await inbox.next() == [[7]])
     }
 }
+
+@Suite struct ChunkInboxByteBudgetTests {
+    @Test func dropOldestAlsoKeepsWithinTheByteBudget() async {
+        let inbox = ChunkInbox(capacity: 100, maxBytes: 10, overflow: .dropOldest)
+        for i in 0..<4 { _ = inbox.append([UInt8](repeating: UInt8(i), count: 4)) }
+        // 16 bytes offered, 10 allowed: the two oldest went.
+        #expect(inbox.droppedCount == 2)
+        #expect(await inbox.next() == [[2, 2, 2, 2], [3, 3, 3, 3]])
+    }
+
+    @Test func oneChunkLargerThanTheBudgetStillGoesAlone() async {
+        let inbox = ChunkInbox(capacity: 100, maxBytes: 10, overflow: .finish)
+        #expect(inbox.append([UInt8](repeating: 1, count: 50)) == .queued(readerWaiting: false))
+        #expect(inbox.append([2]) == .refused, "over the budget: finished")
+        #expect(inbox.overflowed)
+        #expect(await inbox.next()?.map(\.count) == [50])
+        #expect(await inbox.next() == nil)
+    }
+
+    @Test func theBudgetFreesWhenTheReaderTakesTheChunks() async {
+        let inbox = ChunkInbox(capacity: 100, maxBytes: 10, overflow: .finish)
+        #expect(inbox.append([UInt8](repeating: 1, count: 8)) == .queued(readerWaiting: false))
+        _ = await inbox.next()
+        #expect(inbox.append([UInt8](repeating: 2, count: 8)) == .queued(readerWaiting: false), "room again")
+    }
+}

@@ -117,10 +117,19 @@ public final class ProbeRun: Sendable {
     private let shared: Mutex<Shared>
     /// Per node: probe id → when its update event arrived there (the first one counts).
     private let seen: [Log<[Int64: UInt64]>]
-    /// Per writer node: its writes, in order.
+    /// Per node: the writes its writer made, in order (a node listed twice in `writers` shares one log).
     private let written: [Log<[ProbeMeasurements.Write]>]
-    /// Accepted writes seen on every node so far, and those not yet (counts() keeps them).
-    private let progressState = Mutex<(visibleEverywhere: Set<Int64>, pending: [Int64])>(([], []))
+    /// What counts() has taken in so far: how far into each writer's log, the writes
+    /// sent and failed, how many accepted ones are visible everywhere, and the accepted
+    /// ones not yet.
+    private struct Progress {
+        var cursors: [Int]
+        var sent = 0
+        var failed = 0
+        var visible = 0
+        var pending: [Int64] = []
+    }
+    private let progressState: Mutex<Progress>
     private let stopped = Atomic<Bool>(false)
 
     public init(nodes: [ProbeNode], writers: [Int], table: String = "patina_probe",
@@ -133,6 +142,7 @@ public final class ProbeRun: Sendable {
         shared = Mutex(Shared())
         seen = nodes.map { _ in Log([:]) }
         written = nodes.map { _ in Log([]) }
+        progressState = Mutex(Progress(cursors: Array(repeating: 0, count: nodes.count)))
     }
 
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
@@ -229,7 +239,7 @@ public final class ProbeRun: Sendable {
         func reportIfDue() {
             guard Self.now() - lastReport >= 1_000_000_000 else { return }
             lastReport = Self.now()
-            let (sent, visible) = counts()
+            let (sent, _, visible) = counts()
             progress(sent, visible)
         }
         while done.load(ordering: .sequentiallyConsistent) < threads.count {
@@ -240,7 +250,7 @@ public final class ProbeRun: Sendable {
             reportIfDue()
             return self.allVisible()
         }
-        let (sent, visible) = counts()
+        let (sent, _, visible) = counts()
         progress(sent, visible)
         return ProbeMeasurements(nodes: nodes, writes: allWrites().sorted { $0.id < $1.id },
                                  seen: seen.map { $0.value.withLock { $0 } }, rttMilliseconds: rttMilliseconds)
@@ -255,14 +265,20 @@ public final class ProbeRun: Sendable {
 
     private func allWrites() -> [ProbeMeasurements.Write] { written.flatMap { $0.value.withLock { $0 } } }
 
-    /// Writes sent, and accepted writes seen on every node. Incremental: a write found
-    /// visible everywhere is not looked at again.
-    private func counts() -> (sent: Int, visible: Int) {
-        let writes = allWrites()
-        let accepted = writes.compactMap { $0.answeredAt == nil ? nil : $0.id }
-        return progressState.withLock { p in
-            let known = Set(p.pending).union(p.visibleEverywhere)
-            p.pending += accepted.filter { !known.contains($0) }
+    /// Writes sent and failed, and accepted writes seen on every node. Incremental: each
+    /// call takes only the writes logged since the last one (copied out under the
+    /// writer's lock, so the writer's array is never shared), and looks again only at
+    /// writes not yet seen everywhere.
+    private func counts() -> (sent: Int, failed: Int, visible: Int) {
+        progressState.withLock { p in
+            for (w, log) in written.enumerated() {
+                let new = log.value.withLock { writes in writes[p.cursors[w]...].map { ($0.id, $0.answeredAt != nil) } }
+                p.cursors[w] += new.count
+                p.sent += new.count
+                for (id, accepted) in new {
+                    if accepted { p.pending.append(id) } else { p.failed += 1 }
+                }
+            }
             // Looked up in place, node by node: a copy of a watcher's map would make its
             // next insert copy the whole map.
             var everywhere = p.pending
@@ -270,16 +286,17 @@ public final class ProbeRun: Sendable {
                 guard !everywhere.isEmpty else { break }
                 log.value.withLock { map in everywhere.removeAll { map[$0] == nil } }
             }
-            let done = Set(everywhere)
-            p.pending.removeAll { done.contains($0) }
-            p.visibleEverywhere.formUnion(done)
-            return (writes.count, p.visibleEverywhere.count)
+            if !everywhere.isEmpty {
+                let done = Set(everywhere)
+                p.pending.removeAll { done.contains($0) }
+                p.visible += done.count
+            }
+            return (p.sent, p.failed, p.visible)
         }
     }
 
     private func allVisible() -> Bool {
-        let (sent, visible) = counts()
-        let failed = allWrites().filter { $0.answeredAt == nil }.count
+        let (sent, failed, visible) = counts()
         return visible == sent - failed
     }
 

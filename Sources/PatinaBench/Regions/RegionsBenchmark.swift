@@ -39,7 +39,8 @@ public struct RegionsBenchmark: Sendable {
         /// How changesets reached the nodes, summed over nodes (whole run).
         public var delivery: Delivery
         /// Each node's own p99 lag (`GET /v1/health`: origin commit → apply, its last 1024
-        /// remote commits), read as the last write was answered; nil when no node answered.
+        /// remote commits), read at the first progress report after the last write was
+        /// sent (within a second); nil when no node answered.
         public var replicationLagAtEnd: ReplicationLag?
     }
 
@@ -55,6 +56,7 @@ public struct RegionsBenchmark: Sendable {
             self.nodeP99Milliseconds = nodeP99Milliseconds.sorted()
         }
 
+        /// The middle node's (the upper one of the two middle nodes for an even count).
         public var median: Double { nodeP99Milliseconds[nodeP99Milliseconds.count / 2] }
         public var max: Double { nodeP99Milliseconds.last! }
 
@@ -175,7 +177,8 @@ public struct RegionsBenchmark: Sendable {
         let agentCPUBefore = cluster.agentCPUSeconds()
         let benchCPUBefore = Self.ownCPUSeconds()
         let datagramsBefore = emulator.stats.received
-        // Sampled once, when every write has been sent, before the run waits for them all.
+        // Sampled once, at the first report after every write was sent (within a second),
+        // before the run waits for them all to be seen.
         let lagAtEnd = Mutex<ReplicationLag??>(nil)
         let measured = try probe.run(count: writes, rate: rate, settle: settle, rttMilliseconds: rtts) { sent, visible in
             progress("  \(sent)/\(total) written, \(visible) visible everywhere")
@@ -222,7 +225,9 @@ public struct RegionsBenchmark: Sendable {
     /// Each node's `p99_lag` from `GET /v1/health`, in milliseconds (nodes that do not answer are left out).
     static func nodeP99Lags(_ nodes: [LocalCluster.Node]) -> [Double] {
         nodes.compactMap { node in
-            guard let text = try? node.client.send("GET", "/v1/health").text else { return nil }
+            var client = node.client
+            client.timeout = .seconds(2)  // a node too busy to answer is left out, not waited for
+            guard let text = try? client.send("GET", "/v1/health").text else { return nil }
             return healthP99LagMilliseconds(text)
         }
     }

@@ -78,16 +78,8 @@ public actor BroadcastShell {
     /// The bytes of one broadcast uni stream: one or more `changesets` frames.
     /// A malformed stream is dropped whole and counted.
     public func received(streamBytes: [UInt8], from peer: String, maxFrameSize: Int = Frame.defaultMaxSize) async throws(WireError) {
-        var decoder = BroadcastStreamDecoder(maxFrameSize: maxFrameSize)
-        do throws(WireError) {
-            try decoder.feed(streamBytes)
-            try decoder.finish()
-        } catch {
-            malformedFrames += 1
-            logger.warning("malformed broadcast stream", metadata: ["peer": "\(peer)", "error": "\(error)"])
-            throw error
-        }
-        await received(decoder.changesets, from: peer)
+        let changesets = try decode(streamBytes, from: peer, maxFrameSize: maxFrameSize)
+        await received(changesets, from: peer)
     }
 
     /// Broadcast datagrams that arrived together from `peer`, each holding whole frames:
@@ -97,17 +89,23 @@ public actor BroadcastShell {
     public func received(datagrams: [[UInt8]], from peer: String, maxFrameSize: Int = Frame.defaultMaxSize) async {
         var changesets: [Changeset] = []
         for datagram in datagrams {
-            var decoder = BroadcastStreamDecoder(maxFrameSize: maxFrameSize)
-            do throws(WireError) {
-                try decoder.feed(datagram)
-                try decoder.finish()
-                changesets += decoder.changesets
-            } catch {
-                malformedFrames += 1
-                logger.warning("malformed broadcast datagram", metadata: ["peer": "\(peer)", "error": "\(error)"])
-            }
+            if let decoded = try? decode(datagram, from: peer, maxFrameSize: maxFrameSize) { changesets += decoded }
         }
         if !changesets.isEmpty { await received(changesets, from: peer) }
+    }
+
+    /// The changesets of whole `changesets` frames; a malformed message is counted and logged.
+    private func decode(_ bytes: [UInt8], from peer: String, maxFrameSize: Int) throws(WireError) -> [Changeset] {
+        var decoder = BroadcastStreamDecoder(maxFrameSize: maxFrameSize)
+        do throws(WireError) {
+            try decoder.feed(bytes)
+            try decoder.finish()
+            return decoder.changesets
+        } catch {
+            malformedFrames += 1
+            logger.warning("malformed broadcast message", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            throw error
+        }
     }
 
     /// Runs due retransmissions.

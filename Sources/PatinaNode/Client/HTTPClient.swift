@@ -56,6 +56,7 @@ public struct HTTPClient: Sendable {
                       onHead: (Int, [String: String]) -> Void = { _, _ in },
                       onLine: (String) -> Bool) throws {
         var pending: [UInt8] = []
+        var stopped = false
         try stream(method, path, body: body, onHead: onHead) { chunk in
             pending.append(contentsOf: chunk)
             // Consumed lines are dropped once per chunk, not once per line: a chunk of
@@ -65,11 +66,14 @@ public struct HTTPClient: Sendable {
             while let newline = pending[start...].firstIndex(of: 0x0a) {
                 let line = String(decoding: pending[start..<newline], as: UTF8.self)
                 start = newline + 1
-                if !onLine(line) { return false }
+                if !onLine(line) {
+                    stopped = true
+                    return false
+                }
             }
             return true
         }
-        if !pending.isEmpty { _ = onLine(String(decoding: pending, as: UTF8.self)) }
+        if !stopped && !pending.isEmpty { _ = onLine(String(decoding: pending, as: UTF8.self)) }
     }
 
     func stream(_ method: String, _ path: String, body: Data?, onHead: (Int, [String: String]) -> Void,
@@ -250,7 +254,7 @@ struct ChunkedDecoder {
             guard let lineEnd = buffer.range(of: Self.crlf, in: i..<buffer.endIndex) else { break }
             let sizeText = String(decoding: buffer[i..<lineEnd.lowerBound], as: UTF8.self)
                 .split(separator: ";").first.map(String.init) ?? ""
-            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else {
+            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0, size <= Int.max - 2 else {
                 throw HTTPClient.ClientError(message: "malformed chunked body")
             }
             i = lineEnd.upperBound
