@@ -103,9 +103,12 @@ extension ConnectionCore {
         }
         cb.recv_datagram = { _, _, data, length, user in
             let c = core(user)
-            if let data, c.events.datagrams.append([UInt8](UnsafeBufferPointer(start: data, count: length)))
-                == .queued(readerWaiting: true), c.endpoint.pendingDatagramWakes.last !== c.events.datagrams {
-                c.endpoint.pendingDatagramWakes.append(c.events.datagrams)
+            guard let data else { return 0 }
+            let inbox = c.events.datagrams
+            // A waiting reader is woken once the whole packet batch is read (wakeReaders).
+            if inbox.append([UInt8](UnsafeBufferPointer(start: data, count: length))) == .queued(readerWaiting: true),
+               c.endpoint.pendingDatagramWakes.last !== inbox {
+                c.endpoint.pendingDatagramWakes.append(inbox)
             }
             return 0
         }
