@@ -5,6 +5,7 @@ import Logging
 import Metrics
 import PatinaCore
 import PatinaStore
+import ServiceLifecycle
 import Synchronization
 
 /// What the API needs from the rest of the node.
@@ -256,7 +257,8 @@ public struct PatinaAPI: Sendable {
                 try await writer.write(ByteBuffer(string: out))
             }
             for event in attached.replay { try await writer.write(ByteBuffer(string: Self.line(event))) }
-            for await event in attached.events {
+            // Ends on graceful shutdown, so an open subscription does not hold the exit.
+            for await event in attached.events.cancelOnGracefulShutdown() {
                 try await writer.write(ByteBuffer(string: Self.line(event)))
                 if case .lagged = event { break }
             }
@@ -291,16 +293,22 @@ public struct PatinaAPI: Sendable {
             // Also ends when the body is never written (a client gone before the head):
             // the subscription ends when the last reference to it goes.
             defer { subscription.cancel() }
-            // Everything queued since the last write goes as one write: a listener that
-            // fell behind catches up instead of paying one write per commit.
-            while let chunks = await inbox.next() {
-                var buffer = ByteBuffer()
-                buffer.reserveCapacity(chunks.reduce(0) { $0 + $1.count })
-                for chunk in chunks { buffer.writeBytes(chunk) }
-                try await writer.write(buffer)
+            // On graceful shutdown the stream ends at once, after what is queued, instead
+            // of holding the node's exit for the server's drain timeout.
+            try await withGracefulShutdownHandler {
+                // Everything queued since the last write goes as one write: a listener that
+                // fell behind catches up instead of paying one write per commit.
+                while let chunks = await inbox.next() {
+                    var buffer = ByteBuffer()
+                    buffer.reserveCapacity(chunks.reduce(0) { $0 + $1.count })
+                    for chunk in chunks { buffer.writeBytes(chunk) }
+                    try await writer.write(buffer)
+                }
+                if inbox.overflowed { try await writer.write(ByteBuffer(string: "{\"error\":\"listener too far behind\"}\n")) }
+                try await writer.finish(nil)
+            } onGracefulShutdown: {
+                subscription.cancel()
             }
-            if inbox.overflowed { try await writer.write(ByteBuffer(string: "{\"error\":\"listener too far behind\"}\n")) }
-            try await writer.finish(nil)
         }
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: body)
     }

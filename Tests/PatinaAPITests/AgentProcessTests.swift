@@ -1,5 +1,6 @@
 import Foundation
 import PatinaNode
+import Synchronization
 import Testing
 
 /// `patina agent` as users run it: a real process, a real config file, real HTTP.
@@ -150,11 +151,27 @@ import Testing
         let (busy, _, busyErr) = try await Self.run(["restore", backup, "--config", node.configPath])
         #expect(busy != 0 && busyErr.contains("another patina process"), "\(busyErr)")
 
+        // An open update stream ends with the graceful shutdown instead of holding the
+        // exit for the server's 5 s drain.
+        let streamOpen = Mutex(false)
+        let watcher = HTTPClient(target: .tcp(host: "127.0.0.1", port: node.port))
+        let reader = Task {
+            try? await LiveAPI.blocking.run {
+                try watcher.lines("POST", "/v1/updates/kv", onHead: { status, _ in streamOpen.withLock { $0 = status == 200 } }) { _ in true }
+            }
+        }
+        let openDeadline = ContinuousClock.now + .seconds(10)
+        while !streamOpen.withLock({ $0 }) && ContinuousClock.now < openDeadline { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(streamOpen.withLock { $0 }, "the update stream did not open")
+
+        let stopAsked = ContinuousClock.now
         agent.terminate()  // SIGTERM
         let deadline = ContinuousClock.now + .seconds(10)
         while agent.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
         #expect(!agent.isRunning)
         #expect(agent.terminationStatus == 0)
+        #expect(ContinuousClock.now - stopAsked < .seconds(3), "an open update stream held the exit")
+        await reader.value
 
         // A new node from the backup: same data, its own identity.
         let fresh = try Node()
