@@ -71,8 +71,9 @@ public final class QUICConnection: Sendable {
 
     /// Once the connection has ended: the messages (`sendMessage`) it had taken and not seen
     /// delivered, oldest first: re-sent on a stream the peer had not acknowledged yet,
-    /// datagrams unacknowledged or lost and not yet re-sent, and ones still queued. Each is handed out once. Some may have reached the peer, so
-    /// sending them again may deliver them twice. Why: a connection that dies with messages
+    /// datagrams unacknowledged or lost and not yet re-sent, and ones still queued. Each is
+    /// handed out once. Some may have reached the peer, so sending them again may deliver
+    /// them twice. Why: a connection that dies with messages
     /// in flight (a peer's protocol error, an eviction) otherwise loses them silently.
     public func takeUndeliveredMessages() -> [[UInt8]] {
         core.events.takeUndelivered()

@@ -149,10 +149,7 @@ final class StreamCore: @unchecked Sendable {
             writers.removeFirst()
             first.continuation.resume()
         }
-        if let id = resentMessageID, finQueued, ackedOffset >= queuedOffset {
-            resentMessageID = nil
-            connection.resentMessageSettled(id)
-        }
+        if finQueued, ackedOffset >= queuedOffset { settleResentMessage() }
         connection.checkDrained()
     }
 
@@ -184,12 +181,16 @@ final class StreamCore: @unchecked Sendable {
         if taken > 0 { connection.extendCredit(stream: id, bytes: taken) }
     }
 
+    /// A re-sent message on this stream no longer waits: delivered, or given up with the stream.
+    private func settleResentMessage() {
+        guard let id = resentMessageID else { return }
+        resentMessageID = nil
+        connection.resentMessageSettled(id)
+    }
+
     func failSend(_ error: QUICError) {
         if sendError == nil { sendError = error }
-        if let id = resentMessageID {
-            resentMessageID = nil
-            connection.resentMessageSettled(id)
-        }
+        settleResentMessage()
         let waiting = writers
         writers.removeAll()
         for w in waiting { w.continuation.resume(throwing: error) }

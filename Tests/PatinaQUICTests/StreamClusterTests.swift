@@ -392,14 +392,19 @@ struct MessageClusterTests {
         await pair.shutdown()
     }
 
+    /// A proxied pair whose link is blacked out, and three small messages sent into it.
+    static func threeMessagesIntoABlackout(seed: Int) async throws -> (Pair, [[UInt8]]) {
+        let pair = try await Pair.make(proxyDroppingEvery: .max)
+        try #require(pair.proxy).setBlackout(true)
+        let messages = (0..<3).map { pattern(seed + $0, count: 60) }
+        for m in messages { try await pair.clientSide.sendMessage(m) }
+        return (pair, messages)
+    }
+
     /// A connection that ends with messages in flight hands them back, so that
     /// they can go again on another connection instead of vanishing.
     @Test func aClosedConnectionHandsBackItsUndeliveredMessages() async throws {
-        let pair = try await Pair.make(proxyDroppingEvery: .max)
-        let proxy = try #require(pair.proxy)
-        let messages = (0..<3).map { pattern(500 + $0, count: 60) }
-        proxy.setBlackout(true)
-        for m in messages { try await pair.clientSide.sendMessage(m) }
+        let (pair, messages) = try await Self.threeMessagesIntoABlackout(seed: 500)
         #expect(pair.clientSide.takeUndeliveredMessages().isEmpty, "nothing before the connection ends")
         await pair.clientSide.close(drain: false)
         #expect(pair.clientSide.takeUndeliveredMessages() == messages)
@@ -410,17 +415,12 @@ struct MessageClusterTests {
     /// A message re-sent on a stream (its datagram was lost) is still handed back when the
     /// connection ends before the peer acknowledged that stream.
     @Test func messagesResentOnStreamsAreHandedBackIfTheConnectionEndsFirst() async throws {
-        let pair = try await Pair.make(proxyDroppingEvery: .max)
-        let proxy = try #require(pair.proxy)
-        let messages = (0..<3).map { pattern(700 + $0, count: 60) }
-        proxy.setBlackout(true)
-        for m in messages { try await pair.clientSide.sendMessage(m) }
+        let (pair, messages) = try await Self.threeMessagesIntoABlackout(seed: 700)
         // In the blackout nothing is acknowledged: after the give-up time all three go again on streams.
-        let deadline = ContinuousClock.now + .seconds(20)
-        while try #require(await pair.clientSide.stats()).messagesResent < UInt64(messages.count) {
-            try #require(ContinuousClock.now < deadline, "messages were not re-sent on streams")
-            try await Task.sleep(for: .milliseconds(20))
+        let resent = await eventually(.seconds(20)) {
+            (await pair.clientSide.stats())?.messagesResent ?? 0 >= UInt64(messages.count)
         }
+        try #require(resent, "messages were not re-sent on streams")
         await pair.clientSide.close(drain: false)
         #expect(pair.clientSide.takeUndeliveredMessages() == messages)
         await pair.shutdown()

@@ -179,12 +179,12 @@ public struct RegionsBenchmark: Sendable {
         let datagramsBefore = emulator.stats.received
         // Sampled once, at the first report after every write was sent (within a second),
         // before the run waits for them all to be seen.
-        let lagAtEnd = Mutex<ReplicationLag??>(nil)
+        let lagAtEnd = Mutex<[Double]?>(nil)
         let measured = try probe.run(count: writes, rate: rate, settle: settle, rttMilliseconds: rtts) { sent, visible in
             progress("  \(sent)/\(total) written, \(visible) visible everywhere")
             if sent == total, lagAtEnd.withLock({ $0 == nil }) {
-                let sample = ReplicationLag(nodeP99Milliseconds: Self.nodeP99Lags(cluster.nodes))
-                lagAtEnd.withLock { $0 = .some(sample) }
+                let sample = Self.nodeP99Lags(cluster.nodes)
+                lagAtEnd.withLock { $0 = sample }
             }
         }
         let accepted = Double(max(1, measured.acceptedWrites.count))
@@ -219,7 +219,7 @@ public struct RegionsBenchmark: Sendable {
         var errors = probe.errors
         if measured.failedWrites > 0 { errors.insert("\(measured.failedWrites) writes failed", at: 0) }
         return Outcome(report: report, emulator: emulator.stats, nodeLagByOriginRegion: lag, errors: errors, cost: cost,
-                       delivery: delivery, replicationLagAtEnd: lagAtEnd.withLock { $0 ?? nil })
+                       delivery: delivery, replicationLagAtEnd: ReplicationLag(nodeP99Milliseconds: lagAtEnd.withLock { $0 } ?? []))
     }
 
     /// Each node's `p99_lag` from `GET /v1/health`, in milliseconds (nodes that do not answer are left out).

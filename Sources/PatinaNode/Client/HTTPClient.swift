@@ -214,7 +214,8 @@ public struct HTTPClient: Sendable {
     }
 
     func readSome(_ fd: Int32) throws -> Data? {
-        // Not zero-filled: a stream reads many times a second.
+        // Not zero-filled: a stream reads many times a second. Safe: the buffer lives only
+        // inside this call, and only the `n` bytes recv wrote are copied out of it.
         try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64 << 10) { buffer in
             while true {
                 let n = recv(fd, buffer.baseAddress, buffer.count, 0)
