@@ -21,6 +21,7 @@ struct BenchLive: ParsableCommand {
     @Option(help: "Probe table (integer primary key id, text column node).") var table = "patina_probe"
     @Option(help: "Probe writes.") var writes = 200
     @Option(help: "Writes per second.") var rate = 10.0
+    @Option(help: "Concurrent API clients writing (each waits for its answer before the next write).") var clients = 4
     @Option(help: "Seconds to wait after the last write for it to be visible everywhere.") var settle = 30.0
     @Option(help: "Write the JSON report to this file.") var json: String?
     @Option(help: "Write the SVG chart to this file.") var chart: String?
@@ -29,6 +30,7 @@ struct BenchLive: ParsableCommand {
     func validate() throws {
         guard apis.count >= 2 else { throw ValidationError("give at least two --api URLs") }
         guard writes > 0, rate > 0, settle > 0 else { throw ValidationError("--writes, --rate and --settle must be positive") }
+        guard (1...64).contains(clients) else { throw ValidationError("--clients must be in 1...64") }
     }
 
     func run() throws {
@@ -37,6 +39,7 @@ struct BenchLive: ParsableCommand {
         bench.table = table
         bench.writes = writes
         bench.rate = rate
+        bench.clients = clients
         bench.settle = .milliseconds(Int64(settle * 1000))
         bench.keepRows = keepRows
         let started = Date()

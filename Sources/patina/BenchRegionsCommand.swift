@@ -21,6 +21,8 @@ struct BenchRegions: ParsableCommand {
     @Option(help: "Writes per second, spread over all nodes.") var rate = 100.0
     @Option(help: "Packet loss probability per datagram, 0 ≤ P < 1 (overrides the topology).") var loss: Double?
     @Option(help: "Nodes per region (overrides the topology).") var nodesPerRegion: Int?
+    @Option(help: "Concurrent API clients writing to each node (each waits for its answer before the next write).")
+    var clientsPerNode = 8
     @Option(help: "Write the JSON report to this file.") var json: String?
     @Option(help: "Write the SVG chart to this file.") var chart: String?
     @Option(help: "Scratch directory (removed afterwards unless --keep).") var dir: String?
@@ -31,6 +33,7 @@ struct BenchRegions: ParsableCommand {
         guard rate > 0 else { throw ValidationError("--rate must be positive") }
         if let loss, !(0..<1).contains(loss) { throw ValidationError("--loss must be in [0, 1)") }
         if let n = nodesPerRegion, n < 1 { throw ValidationError("--nodes-per-region must be at least 1") }
+        guard (1...64).contains(clientsPerNode) else { throw ValidationError("--clients-per-node must be in 1...64") }
     }
 
     func run() throws {
@@ -41,6 +44,7 @@ struct BenchRegions: ParsableCommand {
             directory: dir ?? NSTemporaryDirectory() + "patina-bench-regions-\(getpid())")
         bench.writes = writes
         bench.rate = rate
+        bench.clientsPerNode = clientsPerNode
         bench.keep = keep
         let cleanup = CleanupOnSignal()
         let started = Date()

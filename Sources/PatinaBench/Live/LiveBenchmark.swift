@@ -15,6 +15,9 @@ public struct LiveBenchmark: Sendable {
     public var table = "patina_probe"
     public var writes = 200
     public var rate = 10.0
+    /// Concurrent API clients writing through the first node: each waits for its
+    /// answer, so one client far from that node caps the rate at 1 / RTT.
+    public var clients = 4
     /// How long to wait, after the last write, for it to be visible everywhere.
     public var settle: Duration = .seconds(30)
     /// Leave the probe rows in place (by default they are deleted afterwards).
@@ -50,9 +53,10 @@ public struct LiveBenchmark: Sendable {
         progress("measuring RTTs from here to each API")
         let rtts = try probe.measureRTTs()
         for (node, rtt) in zip(nodes, rtts) { progress("  \(node.name): RTT \(String(format: "%.2f", rtt)) ms") }
-        progress("writing \(writes) probe rows through \(nodes[0].name) at \(rate)/s")
+        progress("writing \(writes) probe rows through \(nodes[0].name) at \(rate)/s, \(clients) clients")
         let total = writes
-        let measured = try probe.run(count: writes, rate: rate, settle: settle, rttMilliseconds: rtts) { sent, visible in
+        let measured = try probe.run(count: writes, rate: rate, clientsPerWriter: clients, settle: settle,
+                                     rttMilliseconds: rtts) { sent, visible in
             progress("  \(sent)/\(total) written, \(visible) visible everywhere")
         }
         probe.stop()

@@ -9,6 +9,8 @@ public struct RegionsBenchmark: Sendable {
     public var topology: WANTopology
     public var writes = 1000
     public var rate = 100.0
+    /// Concurrent API clients writing to each node (see ``ProbeRun/run(count:rate:clientsPerWriter:settle:rttMilliseconds:progress:)``).
+    public var clientsPerNode = 8
     /// The `patina` executable that runs the agents.
     public var agentExecutable: String
     /// Scratch directory for certificates, configs and databases (removed afterwards).
@@ -172,7 +174,7 @@ public struct RegionsBenchmark: Sendable {
         let probe = ProbeRun(nodes: probeNodes, writers: Array(probeNodes.indices), idBase: 1_000_000)
         try probe.startWatching()
         let rtts = try probe.measureRTTs()
-        progress("measuring: \(writes) writes at \(rate)/s on all \(probeNodes.count) nodes in turn")
+        progress("measuring: \(writes) writes at \(rate)/s on all \(probeNodes.count) nodes in turn, \(clientsPerNode) clients each")
         let total = writes
         let agentCPUBefore = cluster.agentCPUSeconds()
         let benchCPUBefore = Self.ownCPUSeconds()
@@ -180,7 +182,8 @@ public struct RegionsBenchmark: Sendable {
         // Sampled once, at the first report after every write was sent (within a second),
         // before the run waits for them all to be seen.
         let lagAtEnd = Mutex<[Double]?>(nil)
-        let measured = try probe.run(count: writes, rate: rate, settle: settle, rttMilliseconds: rtts) { sent, visible in
+        let measured = try probe.run(count: writes, rate: rate, clientsPerWriter: clientsPerNode, settle: settle,
+                                     rttMilliseconds: rtts) { sent, visible in
             progress("  \(sent)/\(total) written, \(visible) visible everywhere")
             if sent == total, lagAtEnd.withLock({ $0 == nil }) {
                 let sample = Self.nodeP99Lags(cluster.nodes)
