@@ -137,7 +137,8 @@ let package = Package(
             ],
             path: "Tests/PatinaAPITests"),
         .testTarget(
-            name: "PatinaBenchTests", dependencies: ["PatinaBench", "PatinaCore"],
+            name: "PatinaBenchTests",
+            dependencies: ["PatinaBench", "PatinaCore", .product(name: "Hummingbird", package: "hummingbird")],
             path: "Tests/PatinaBenchTests"),
         .testTarget(
             name: "PatinaQUICTests", dependencies: ["PatinaQUIC", "PatinaCerts", "PatinaCore"],

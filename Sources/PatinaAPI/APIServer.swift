@@ -381,7 +381,7 @@ final class UpdateFeed: Sendable {
             var behind: [UUID] = []
             for (id, listener) in listeners {
                 guard let rows = event.rows[listener.table] else { continue }
-                let text = textByTable[listener.table] ?? Array(Self.lines(rows).joined().utf8)
+                let text = textByTable[listener.table] ?? Self.text(rows)
                 textByTable[listener.table] = text
                 switch listener.inbox.append(text) {
                 case .queued(let readerWaiting): if readerWaiting { waiting.append(listener.inbox) }
@@ -394,12 +394,15 @@ final class UpdateFeed: Sendable {
         for inbox in waiting { inbox.wakeReader() }
     }
 
-    static func lines(_ rows: [PackedPrimaryKey: RowChangeKind]) -> [String] {
-        rows.sorted(by: { $0.key < $1.key }).map { pk, kind in
-            var line = "{\"notify\":[\"\(kind == .delete ? "delete" : "update")\","
-            JSONWriter.append((try? pk.decode()) ?? [], to: &line)
-            return line + "]}\n"
+    /// One commit's lines for one table, in key order: an NDJSON line per changed row.
+    static func text(_ rows: [PackedPrimaryKey: RowChangeKind]) -> [UInt8] {
+        var text = ""
+        for (pk, kind) in rows.sorted(by: { $0.key < $1.key }) {
+            text += "{\"notify\":[\"\(kind == .delete ? "delete" : "update")\","
+            JSONWriter.append((try? pk.decode()) ?? [], to: &text)
+            text += "]}\n"
         }
+        return Array(text.utf8)
     }
 }
 

@@ -117,7 +117,8 @@ public final class ProbeRun: Sendable {
     private let shared: Mutex<Shared>
     /// Per node: probe id → when its update event arrived there (the first one counts).
     private let seen: [Log<[Int64: UInt64]>]
-    /// Per node: the writes its writer made, in order (a node listed twice in `writers` shares one log).
+    /// Per node: the writes made through it, in the order they were answered (its clients,
+    /// and a node listed twice in `writers`, share one log).
     private let written: [Log<[ProbeMeasurements.Write]>]
     /// What counts() has taken in so far: how far into each writer's log, the writes
     /// sent and failed, how many accepted ones are visible everywhere, and the accepted
