@@ -119,6 +119,15 @@ public final class Store: @unchecked Sendable {
         try core.withLock { try $0.changesets(actor: actor, versions: versions) }
     }
 
+    /// The changesets of `actor` for `versions` that this node holds, less those
+    /// committed at a time in `holdingBack` (milliseconds of their hybrid
+    /// timestamps), which are counted and not read.
+    public func changesets(actor: ActorID, versions: ClosedRange<Int64>, holdingBack: ClosedRange<UInt64>?) throws
+        -> (changesets: [Changeset], heldBack: Int)
+    {
+        try core.withLock { try $0.changesets(actor: actor, versions: versions, holdingBack: holdingBack) }
+    }
+
     /// The highest version applied, per actor.
     public func heads() -> [ActorID: Int64] {
         core.withLock { core in

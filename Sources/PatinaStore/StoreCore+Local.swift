@@ -466,17 +466,37 @@ extension StoreCore {
     /// that still have cells, cleared ranges for those that have none. Versions
     /// this node has not applied are left out.
     func changesets(actor: ActorID, versions: ClosedRange<Int64>) throws -> [Changeset] {
-        guard let site = siteOfActor[actor], let book = books[site] else { return [] }
-        let changes = try readChanges(site: site, versions: versions)
+        try changesets(actor: actor, versions: versions, holdingBack: nil).changesets
+    }
+
+    /// As ``changesets(actor:versions:)``, leaving out (and counting) the versions
+    /// committed at a time in `holdingBack` (milliseconds of their hybrid
+    /// timestamps). Their changes are not read at all: a sync server under load
+    /// would otherwise read the newest second of every actor's writes each round,
+    /// only to hold it back as still in flight.
+    func changesets(actor: ActorID, versions: ClosedRange<Int64>, holdingBack: ClosedRange<UInt64>?) throws
+        -> (changesets: [Changeset], heldBack: Int)
+    {
+        guard let site = siteOfActor[actor], let book = books[site] else { return ([], 0) }
         var meta: [Int64: (lastSeq: Int64, ts: HybridTimestamp)] = [:]
+        var held: Set<Int64> = []
         let stmt = try db.cached("SELECT version, last_seq, ts FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?")
         stmt.bind(site, at: 1)
         stmt.bind(versions.lowerBound, at: 2)
         stmt.bind(versions.upperBound, at: 3)
         while try stmt.step() {
-            meta[stmt.int64(at: 0)] = (stmt.int64(at: 1), HybridTimestamp(rawValue: UInt64(bitPattern: stmt.int64(at: 2))))
+            let version = stmt.int64(at: 0)
+            let ts = HybridTimestamp(rawValue: UInt64(bitPattern: stmt.int64(at: 2)))
+            if let holdingBack, holdingBack.contains(ts.milliseconds) {
+                held.insert(version)
+            } else {
+                meta[version] = (stmt.int64(at: 1), ts)
+            }
         }
         stmt.reset()
+        // Read only up to the newest version served: held-back ones are the newest.
+        var changes: [Int64: [Change]] = [:]
+        if let top = meta.keys.max() { changes = try readChanges(site: site, versions: versions.lowerBound...top) }
         var result: [Changeset] = []
         var newlyCleared = VersionRangeSet()
         var clearedRun: ClosedRange<Int64>?
@@ -490,7 +510,9 @@ extension StoreCore {
             guard lower <= upper else { continue }
             var v = lower
             while v <= upper {
-                if let cs = changes[v], let m = meta[v] {
+                if held.contains(v) {
+                    flushCleared()
+                } else if let cs = changes[v], let m = meta[v] {
                     flushCleared()
                     result += Self.chunk(actor: actor, version: v, changes: cs, lastSeq: m.lastSeq, ts: m.ts)
                 } else {
@@ -514,6 +536,6 @@ extension StoreCore {
                 try persistRanges(table: "__patina_cleared", site: site, ranges: books[site]!.cleared)
             }
         }
-        return result
+        return (result, held.count)
     }
 }

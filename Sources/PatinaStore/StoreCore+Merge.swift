@@ -91,10 +91,10 @@ extension StoreCore {
                 swap(&batchRows, &ctx.rows)
                 swap(&batchOverwritten, &ctx.overwritten)
                 let (outcomeBefore, writtenBefore, originsBefore) = (outcome, ctx.written, ctx.origins.count)
-                try db.execute("SAVEPOINT patina_changeset")
+                try db.run("SAVEPOINT patina_changeset")  // prepared once: one per changeset
                 do {
                     try mergeOne(changeset, decodedKeys: decoded, site: site, outcome: &outcome, ctx: &ctx)
-                    try db.execute("RELEASE patina_changeset")
+                    try db.run("RELEASE patina_changeset")
                     for (table, rows) in ctx.rows { batchRows[table, default: [:]].merge(rows) { _, last in last } }
                     swap(&batchRows, &ctx.rows)
                     batchOverwritten.formUnion(ctx.overwritten)

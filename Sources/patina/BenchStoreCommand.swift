@@ -37,6 +37,8 @@ struct BenchStore: AsyncParsableCommand {
                 replicated insert   \(f(result.crdt_insert_rows_per_s)) rows/s   overhead \(String(format: "%.2f", result.insert_overhead_ratio))×
                 plain apply         \(f(result.plain_apply_rows_per_s)) rows/s
                 merge               \(f(result.apply_rows_per_s)) rows/s = \(f(result.apply_changes_per_s)) changes/s   overhead \(String(format: "%.2f", result.apply_overhead_ratio))×
+                sync serve          \(f(result.sync_serve_versions_per_s)) versions/s read and served
+                sync hold back      \(f(result.sync_hold_back_versions_per_s)) versions/s held back as in flight   \(String(format: "%.1f", result.sync_hold_back_versions_per_s / result.sync_serve_versions_per_s))× faster
                 """)
         }
     }

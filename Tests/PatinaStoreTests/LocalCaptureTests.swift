@@ -3,6 +3,28 @@ import PatinaCore
 import Testing
 
 @Suite struct LocalCaptureTests {
+    /// A sync server leaves out versions still in flight without reading them, and
+    /// without taking them for cleared: asked again later, it serves them whole.
+    @Test func versionsCommittedInTheHeldBackWindowAreLeftOutAndKept() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        let remote = ActorID.random()
+        let ms: [Int64: UInt64] = [1: 1_000, 2: 9_000, 3: 2_000, 4: 8_000]  // versions 2 and 4 are "young"
+        let sent = ms.keys.sorted().map { v in
+            changeset(remote, v, [cell(pk(.integer(v)), "name", .text("v\(v)"))],
+                      ts: HybridTimestamp(milliseconds: ms[v]!, counter: 0).rawValue)
+        }
+        _ = try store.merge(sent)
+        let young: ClosedRange<UInt64> = 5_000...10_000
+        let early = try store.changesets(actor: remote, versions: 1...4, holdingBack: young)
+        #expect(early.heldBack == 2)
+        #expect(early.changesets == [sent[0], sent[2]])
+        let later = try store.changesets(actor: remote, versions: 1...4, holdingBack: nil)
+        #expect(later.heldBack == 0)
+        #expect(later.changesets == sent, "held-back versions are served whole later, not as cleared")
+        #expect(try store.changesets(actor: remote, versions: 2...2, holdingBack: young).changesets.isEmpty)
+    }
+
     @Test func eachWriteTransactionTakesTheNextVersionAndCapturesEveryCell() throws {
         let dir = TempDir()
         let store = try makeStore(dir)

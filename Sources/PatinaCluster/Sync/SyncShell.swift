@@ -293,13 +293,12 @@ public actor SyncShell {
             // those back would leave that node's lost changes unrepaired until this
             // clock caught up, so they are served.
             let now = wallClockMilliseconds()
-            let inFlight = now.saturatingSubtract(graceMilliseconds)...now.saturatingAdd(graceMilliseconds)
+            let inFlight = graceMilliseconds > 0
+                ? now.saturatingSubtract(graceMilliseconds)...now.saturatingAdd(graceMilliseconds) : nil
             for need in needs {
-                for c in try await fetch(need) {
-                    if case .changes(_, _, _, _, let ts) = c.content, graceMilliseconds > 0, inFlight.contains(ts.milliseconds) {
-                        report.heldBack += 1
-                        continue
-                    }
+                let (changesets, heldBack) = try await fetch(need, holdingBack: inFlight)
+                report.heldBack += heldBack
+                for c in changesets {
                     for frame in chunker.add(c) {
                         report.frames += 1
                         report.changesetsSent += frame.count
@@ -356,25 +355,33 @@ public actor SyncShell {
         try await withSyncTimeout(config.ioTimeout) { try await stream.write(bytes) }
     }
 
-    /// The changesets answering one need, read from the store in bounded steps.
-    private func fetch(_ need: SyncNeed) async throws -> [Changeset] {
+    /// The changesets answering one need, read from the store in bounded steps,
+    /// less the versions committed in `holdingBack` (counted, not read).
+    private func fetch(_ need: SyncNeed, holdingBack: ClosedRange<UInt64>?) async throws
+        -> (changesets: [Changeset], heldBack: Int)
+    {
         let store = self.store
         switch need {
         case .full(let actor, let versions):
             var out: [Changeset] = []
+            var heldBack = 0
             var lo = versions.lowerBound
             while lo <= versions.upperBound {
                 let (end, overflow) = lo.addingReportingOverflow(max(1, config.versionsPerRead) - 1)
                 let hi = overflow ? versions.upperBound : min(versions.upperBound, end)
                 let range = lo...hi
-                out += try await worker.run { try store.changesets(actor: actor, versions: range) }
+                let read = try await worker.run { try store.changesets(actor: actor, versions: range, holdingBack: holdingBack) }
+                out += read.changesets
+                heldBack += read.heldBack
                 if hi == versions.upperBound { break }
                 lo = hi + 1
             }
-            return out
+            return (out, heldBack)
         case .partial(let actor, let version, let seqs):
-            let held = try await worker.run { try store.changesets(actor: actor, versions: version...version) }
-            return Self.restrict(held, to: seqs)
+            let read = try await worker.run {
+                try store.changesets(actor: actor, versions: version...version, holdingBack: holdingBack)
+            }
+            return (Self.restrict(read.changesets, to: seqs), read.heldBack)
         }
     }
 

@@ -18,6 +18,11 @@ public struct StoreBenchmark: Sendable {
         public var apply_changes_per_s: Double
         public var apply_overhead_ratio: Double
         public var changes: Int
+        /// A sync server answering for every version, 100 at a time: reading and
+        /// serving them, and holding all of them back as still in flight (the
+        /// newest second of writes under load). held-back ÷ serve time is the ratio.
+        public var sync_serve_versions_per_s: Double
+        public var sync_hold_back_versions_per_s: Double
     }
 
     public var rows = 100_000
@@ -78,6 +83,21 @@ public struct StoreBenchmark: Sendable {
         let merged = try target.query("SELECT count(*) FROM bench")
         guard merged == [[.integer(Int64(rows))]] else { throw BenchmarkError(message: "merged \(merged), expected \(rows) rows") }
 
+        progress("serving the versions for sync, then holding them all back")
+        let versions = Int64(changesets.count)
+        func timeServe(holdingBack: ClosedRange<UInt64>?) throws -> Double {
+            let start = DispatchTime.now().uptimeNanoseconds
+            var served = 0
+            for lo in stride(from: Int64(1), through: versions, by: 100) {
+                let read = try target.changesets(actor: source.actorID, versions: lo...min(versions, lo + 99), holdingBack: holdingBack)
+                served += read.changesets.count + read.heldBack
+            }
+            guard served >= versions else { throw BenchmarkError(message: "sync read \(served) of \(versions) versions") }
+            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        }
+        let serve = try timeServe(holdingBack: nil)
+        let holdBack = try timeServe(holdingBack: 0...UInt64(1) << 47)
+
         return Result(
             rows: rows, rows_per_transaction: rowsPerTransaction,
             plain_insert_rows_per_s: Double(rows) / plainInsert,
@@ -88,7 +108,9 @@ public struct StoreBenchmark: Sendable {
             apply_rows_per_s: Double(rows) / apply,
             apply_changes_per_s: Double(changeCount) / apply,
             apply_overhead_ratio: apply / plainApply,
-            changes: changeCount)
+            changes: changeCount,
+            sync_serve_versions_per_s: Double(versions) / serve,
+            sync_hold_back_versions_per_s: Double(versions) / holdBack)
     }
 
     /// Plain SQLite with the same settings as the store (WAL, synchronous NORMAL)
