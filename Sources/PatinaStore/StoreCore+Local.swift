@@ -498,6 +498,7 @@ extension StoreCore {
         var changes: [Int64: [Change]] = [:]
         if let top = meta.keys.max() { changes = try readChanges(site: site, versions: versions.lowerBound...top) }
         var result: [Changeset] = []
+        var heldBack = 0
         var newlyCleared = VersionRangeSet()
         var clearedRun: ClosedRange<Int64>?
         func flushCleared() {
@@ -511,6 +512,7 @@ extension StoreCore {
             var v = lower
             while v <= upper {
                 if held.contains(v) {
+                    heldBack += 1
                     flushCleared()
                 } else if let cs = changes[v], let m = meta[v] {
                     flushCleared()
@@ -536,6 +538,6 @@ extension StoreCore {
                 try persistRanges(table: "__patina_cleared", site: site, ranges: books[site]!.cleared)
             }
         }
-        return (result, held.count)
+        return (result, heldBack)
     }
 }
