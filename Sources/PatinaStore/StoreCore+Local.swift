@@ -479,24 +479,23 @@ extension StoreCore {
     {
         guard let site = siteOfActor[actor], let book = books[site] else { return ([], 0) }
         var meta: [Int64: (lastSeq: Int64, ts: HybridTimestamp)] = [:]
-        var held: Set<Int64> = []
         let stmt = try db.cached("SELECT version, last_seq, ts FROM __patina_versions WHERE site = ? AND version BETWEEN ? AND ?")
         stmt.bind(site, at: 1)
         stmt.bind(versions.lowerBound, at: 2)
         stmt.bind(versions.upperBound, at: 3)
         while try stmt.step() {
-            let version = stmt.int64(at: 0)
-            let ts = HybridTimestamp(rawValue: UInt64(bitPattern: stmt.int64(at: 2)))
-            if let holdingBack, holdingBack.contains(ts.milliseconds) {
-                held.insert(version)
-            } else {
-                meta[version] = (stmt.int64(at: 1), ts)
-            }
+            meta[stmt.int64(at: 0)] = (stmt.int64(at: 1), HybridTimestamp(rawValue: UInt64(bitPattern: stmt.int64(at: 2))))
         }
         stmt.reset()
+        func isHeldBack(_ version: Int64) -> Bool {
+            guard let holdingBack, let m = meta[version] else { return false }
+            return holdingBack.contains(m.ts.milliseconds)
+        }
         // Read only up to the newest version served: held-back ones are the newest.
         var changes: [Int64: [Change]] = [:]
-        if let top = meta.keys.max() { changes = try readChanges(site: site, versions: versions.lowerBound...top) }
+        if let top = meta.keys.filter({ !isHeldBack($0) }).max() {
+            changes = try readChanges(site: site, versions: versions.lowerBound...top)
+        }
         var result: [Changeset] = []
         var heldBack = 0
         var newlyCleared = VersionRangeSet()
@@ -511,7 +510,7 @@ extension StoreCore {
             guard lower <= upper else { continue }
             var v = lower
             while v <= upper {
-                if held.contains(v) {
+                if isHeldBack(v) {
                     heldBack += 1
                     flushCleared()
                 } else if let cs = changes[v], let m = meta[v] {

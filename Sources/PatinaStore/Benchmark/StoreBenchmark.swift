@@ -96,7 +96,7 @@ public struct StoreBenchmark: Sendable {
             return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         }
         let serve = try timeServe(holdingBack: nil)
-        let holdBack = try timeServe(holdingBack: 0...UInt64(1) << 47)
+        let holdBack = try timeServe(holdingBack: 0...UInt64.max)  // every commit time
 
         return Result(
             rows: rows, rows_per_transaction: rowsPerTransaction,
