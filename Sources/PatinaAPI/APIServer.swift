@@ -318,8 +318,13 @@ public struct PatinaAPI: Sendable {
     func health(_ request: Request, _ context: BasicRequestContext) async throws -> Response {
         var figures = await hooks.health()
         figures.p99LagSeconds = max(figures.p99LagSeconds, lag.p99)
-        let gaps = access.store.bookkeeping().values.reduce(Int64(0)) { sum, book in
-            sum + book.gaps.reduce(0) { $0 + Int64($1.count) }
+        // On a reader thread: bookkeeping takes the store's lock, which a merge
+        // holds for a whole batch; a health probe must not park the async pool.
+        let store = access.store
+        let gaps = try await access.readers.run {
+            store.bookkeeping().values.reduce(Int64(0)) { sum, book in
+                sum + book.gaps.reduce(0) { $0 + Int64($1.count) }
+            }
         }
         let q = request.uri.queryParameters
         var healthy = true

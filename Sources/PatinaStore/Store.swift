@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PatinaCore
+import Synchronization
 
 /// A node's replicated SQLite database.
 ///
@@ -15,6 +16,11 @@ public final class Store: @unchecked Sendable {
     public let actorID: ActorID
     private let storeCore: StoreCore
     private let lock = NSLock()
+    /// The replicated tables as of the last schema change, kept outside `lock`:
+    /// a merge holds that lock for a whole batch, and the callers of ``tables``
+    /// (routing a request, starting a subscription) run on Swift's cooperative
+    /// pool, which must not wait on it.
+    private let tableList: Mutex<[TableInfo]>
 
     private var core: LockedCore { LockedCore(store: self) }
 
@@ -36,27 +42,37 @@ public final class Store: @unchecked Sendable {
         self.path = path
         self.actorID = core.actorID
         self.storeCore = core
+        self.tableList = Mutex(Self.sortedTables(core))
+    }
+
+    private static func sortedTables(_ core: StoreCore) -> [TableInfo] {
+        Array(core.tables.values).sorted { $0.name < $1.name }
+    }
+
+    /// Applies `schema` and refreshes ``tables`` (also after a failure, which may
+    /// have applied part of it).
+    private func apply(_ schema: ParsedSchema) throws -> SchemaReport {
+        try core.withLock { core in
+            defer { tableList.withLock { $0 = Self.sortedTables(core) } }
+            return try core.apply(schema)
+        }
     }
 
     /// Applies the `CREATE TABLE` / `CREATE INDEX` statements of the `.sql` files
     /// under `paths` (files or folders). Only additive changes are accepted.
     @discardableResult
     public func applySchema(paths: [String]) throws -> SchemaReport {
-        let schema = try ParsedSchema.load(paths: paths)
-        return try core.withLock { try $0.apply(schema) }
+        try apply(try ParsedSchema.load(paths: paths))
     }
 
     /// Applies schema SQL given as text (the same rules as schema files).
     @discardableResult
     public func applySchema(sql: String) throws -> SchemaReport {
-        let schema = try ParsedSchema.parse([("<schema>", sql)])
-        return try core.withLock { try $0.apply(schema) }
+        try apply(try ParsedSchema.parse([("<schema>", sql)]))
     }
 
-    /// The replicated tables and their columns.
-    public var tables: [TableInfo] {
-        core.withLock { Array($0.tables.values).sorted { $0.name < $1.name } }
-    }
+    /// The replicated tables and their columns. Does not wait for the store's lock.
+    public var tables: [TableInfo] { tableList.withLock { $0 } }
 
     /// Runs a local write transaction. Every changed cell becomes a change of the
     /// next version of this node's actor; the result carries the changesets to

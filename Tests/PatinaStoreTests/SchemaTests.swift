@@ -1,5 +1,6 @@
 import PatinaCore
 @testable import PatinaStore
+import Synchronization
 import Testing
 
 @Suite struct SchemaTests {
@@ -102,6 +103,41 @@ import Testing
         try store.applySchema(paths: [folder])
         #expect(store.tables.map(\.name) == ["one", "two"])
         #expect(throws: SchemaError.self) { try store.applySchema(paths: [dir.file("missing")]) }
+    }
+
+    /// `tables` is read from async code (request routing, subscriptions) while a
+    /// merge may hold the store's lock for a whole batch: it must not wait for it,
+    /// and it must follow schema changes.
+    @Test func tablesAreReadWithoutWaitingForTheStoreLock() throws {
+        let dir = TempDir()
+        let store = try makeStore(dir)
+        try store.applySchema(sql: itemsSchema + "CREATE TABLE tags (name TEXT NOT NULL PRIMARY KEY, color TEXT);")
+        #expect(store.tables.map(\.name) == ["items", "tags"])
+
+        let insideWrite = DispatchSemaphore(value: 0)
+        let releaseWrite = DispatchSemaphore(value: 0)
+        let writer = Thread {
+            _ = try? store.write { tx in
+                try tx.execute("INSERT INTO items (id, name) VALUES (1, 'held')")
+                insideWrite.signal()
+                // Bounded, so a regression fails the test instead of hanging it.
+                _ = releaseWrite.wait(timeout: .now() + 10)
+            }
+        }
+        writer.start()
+        #expect(insideWrite.wait(timeout: .now() + 10) == .success)
+
+        let read = DispatchSemaphore(value: 0)
+        let names = Mutex<[String]>([])
+        Thread {
+            names.withLock { $0 = store.tables.map(\.name) }
+            read.signal()
+        }.start()
+        let readWhileHeld = read.wait(timeout: .now() + 5) == .success
+        releaseWrite.signal()
+        #expect(readWhileHeld, "store.tables waited for a write transaction to end")
+        if !readWhileHeld { _ = read.wait(timeout: .now() + 10) }
+        #expect(names.withLock { $0 } == ["items", "tags"])
     }
 }
 
