@@ -78,12 +78,13 @@ extension ConnectionCore {
                 QUICError(.streamReset, "peer reset stream \(streamID)", errorCode: appErrorCode))
             return 0
         }
-        cb.stream_stop_sending = { conn, streamID, appErrorCode, user, _ in
-            core(user).streams[streamID]?.failSend(
-                QUICError(.streamReset, "peer stopped reading stream \(streamID)", errorCode: appErrorCode))
-            _ = ngtcp2_conn_shutdown_stream_write(conn, streamID, appErrorCode)
-            return 0
-        }
+        // No `stream_stop_sending`: in ngtcp2 0.12 it reports that *this* side stopped
+        // reading, from inside the write call that packs the STOP_SENDING frame. Resetting
+        // the send side there (as a handler for the peer's STOP_SENDING would) puts a
+        // RESET_STREAM with the final size so far into a packet that the same call then
+        // fills with more of the stream's data: the peer ends the connection with
+        // FINAL_SIZE_ERROR. A peer's STOP_SENDING needs no callback: ngtcp2 resets the
+        // stream itself and refuses further writes (see `flush`).
         cb.extend_max_stream_data = { _, streamID, _, user, _ in
             let c = core(user)
             if let stream = c.streams[streamID], stream.blocked {

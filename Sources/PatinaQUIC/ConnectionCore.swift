@@ -281,6 +281,10 @@ final class ConnectionCore: @unchecked Sendable {
             var ccerr = ngtcp2_connection_close_error()
             ngtcp2_connection_close_error_set_transport_error_liberr(&ccerr, rv, nil, 0)
             let error = QUICError(.protocolViolation, String(cString: ngtcp2_strerror(rv)))
+            if state == .established {
+                // A live connection ends here, and whatever it carried with it.
+                logger.warning("closing connection: packet from \(remote.address) broke QUIC: \(error.reason)")
+            }
             if state == .handshaking && isServer && packetsReceived <= 1 {
                 // A first packet that does not decrypt is noise, not a peer: drop it quietly.
                 terminate(error, sendClose: false)
@@ -312,8 +316,10 @@ final class ConnectionCore: @unchecked Sendable {
         if ccerr.error_code == 0 && state == .established {
             return QUICError(.closedByPeer, reasonText, errorCode: 0)
         }
-        return QUICError(.closedByPeer, "transport error 0x\(String(ccerr.error_code, radix: 16)) \(reasonText)",
-                         errorCode: ccerr.error_code)
+        let error = QUICError(.closedByPeer, "transport error 0x\(String(ccerr.error_code, radix: 16)) \(reasonText)",
+                              errorCode: ccerr.error_code)
+        if state == .established { logger.warning("\(remote.address) closed the connection: \(error.reason)") }
+        return error
     }
 
     // MARK: Timers
@@ -457,6 +463,9 @@ final class ConnectionCore: @unchecked Sendable {
                         }
                         continue
                     case NGTCP2_ERR_STREAM_SHUT_WR, NGTCP2_ERR_STREAM_NOT_FOUND:
+                        // Reset, by this side or by ngtcp2 on the peer's STOP_SENDING: what is
+                        // still queued will not go, so its writers must not wait for it.
+                        stream.failSend(QUICError(.streamReset, "stream \(stream.id) can no longer send"))
                         dequeue(at: queueIndex)
                         continue
                     default:

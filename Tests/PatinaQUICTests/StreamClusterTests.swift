@@ -311,6 +311,48 @@ struct StreamClusterTests {
         echo.cancel()
         await pair.shutdown()
     }
+
+    /// A stream answered, finished and let go while its opener has not finished its own
+    /// side (so letting go stops reading: STOP_SENDING), with part of the answer still
+    /// waiting for congestion window. The whole answer and its FIN must arrive, and the
+    /// connection must live. ngtcp2 0.12 reports the local STOP_SENDING, from inside the
+    /// write that packs it, through `stream_stop_sending`. A handler that reset the send
+    /// side there put a RESET_STREAM and data beyond its final size into one packet, and
+    /// the opener's ngtcp2 ended the connection with FINAL_SIZE_ERROR: sync sessions ended
+    /// that way under loss (docs/transport.md).
+    @Test func aStreamLetGoWithItsAnswerStillQueuedDeliversItAll() async throws {
+        let pair = try await Pair.make(proxyDroppingEvery: .max)
+        let (clientSide, serverSide, proxy) = (pair.clientSide, pair.serverSide, try #require(pair.proxy))
+        let request = pattern(1, count: 100)
+        // Several times ngtcp2's initial congestion window, within the send buffer.
+        let answer = pattern(2, count: 60_000)
+        // The server side opens and asks, as a sync client does, and never finishes its
+        // side. The client side answers: its packets are the ones a blackout drops, so
+        // nothing of the answer is acknowledged and most of it stays queued.
+        let opened = try await serverSide.openBiStream()
+        try await opened.write(request)
+        let answered = Task { () throws -> Void in
+            for await stream in clientSide.incomingStreams {
+                var got: [UInt8] = []
+                while got.count < request.count, let chunk = try await stream.read() { got += chunk }
+                #expect(got == request)
+                proxy.setBlackout(true)
+                try await stream.write(answer)
+                try await stream.finish()
+                return  // lets go of the stream
+            }
+        }
+        try await bounded(answered, .seconds(10))
+        // The loop runs submissions in order: once this returns, the stream's release ran.
+        _ = await clientSide.stats()
+        proxy.setBlackout(false)
+        let received = try await withDeadline(.seconds(20)) { try await opened.readAll() }
+        #expect(received == answer)
+        #expect(serverSide.closeError == nil)
+        #expect(clientSide.closeError == nil)
+        #expect(proxy.droppedCount > 0, "the blackout held part of the answer back")
+        await pair.shutdown()
+    }
 }
 
 actor Progress {
