@@ -353,6 +353,45 @@ struct StreamClusterTests {
         #expect(proxy.droppedCount > 0, "the blackout held part of the answer back")
         await pair.shutdown()
     }
+
+    /// A peer that lets go of a stream it has not read to the end (STOP_SENDING) must
+    /// not leave the writer waiting: its write fails, and the connection lives on.
+    @Test func aWriterWhosePeerStopsReadingGetsAnError() async throws {
+        let pair = try await Pair.make()
+        // Twice the send buffer: the writer waits for acknowledgements it will not get.
+        let big = pattern(3, count: 2 * 1024 * 1024)
+        let stream = try await pair.clientSide.openBiStream()
+        let writer = Task { () -> (any Error)? in
+            do {
+                try await stream.write(big, finish: true)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        let readSome = Task { () throws -> Int in
+            for await peerStream in pair.serverSide.incomingStreams {
+                let first = try await peerStream.read()
+                return first?.count ?? 0  // and lets go of the stream unread
+            }
+            return 0
+        }
+        #expect(try await bounded(readSome, .seconds(10)) > 0)
+        let error = try await bounded(writer, .seconds(10))
+        #expect(error != nil, "the write finished although the peer stopped reading")
+        // The connection is still good for a new stream.
+        let echo = Task { () throws -> Void in
+            for await s in pair.serverSide.incomingStreams {
+                try await s.write(try await s.readAll(), finish: true)
+                return
+            }
+        }
+        let again = try await pair.clientSide.openBiStream()
+        try await again.write(Array("again".utf8), finish: true)
+        #expect(try await withDeadline(.seconds(10)) { try await again.readAll() } == Array("again".utf8))
+        try await bounded(echo, .seconds(10))
+        await pair.shutdown()
+    }
 }
 
 actor Progress {
