@@ -54,16 +54,23 @@ public final class ChunkInbox: Sendable {
     public func append(_ chunk: [UInt8]) -> AppendResult {
         state.withLock { s -> AppendResult in
             guard !s.finished else { return .refused }
-            func full() -> Bool {
-                !s.chunks.isEmpty && (s.chunks.count >= capacity || s.bytes > maxBytes - chunk.count)
+            // Whether `count` chunks of `bytes` leave no room for this one.
+            func full(_ count: Int, _ bytes: Int) -> Bool {
+                count > 0 && (count >= capacity || bytes > maxBytes - chunk.count)
             }
-            if full() {
+            if full(s.chunks.count, s.bytes) {
                 switch overflow {
                 case .dropOldest:
-                    while full() {
-                        s.bytes -= s.chunks.removeFirst().count
-                        s.dropped += 1
+                    // Counted first, then removed in one move: each removal shifts the queue.
+                    var drop = 0
+                    var freed = 0
+                    while full(s.chunks.count - drop, s.bytes - freed) {
+                        freed += s.chunks[drop].count
+                        drop += 1
                     }
+                    s.chunks.removeFirst(drop)
+                    s.bytes -= freed
+                    s.dropped += UInt64(drop)
                 case .finish:
                     // The chunks queued are full, so a waiting reader is woken by wakeReader.
                     s.finished = true

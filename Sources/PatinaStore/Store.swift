@@ -51,7 +51,7 @@ public final class Store: @unchecked Sendable {
 
     /// Applies `schema` and refreshes ``tables`` (also after a failure, which may
     /// have applied part of it).
-    private func apply(_ schema: ParsedSchema) throws -> SchemaReport {
+    private func applyParsed(_ schema: ParsedSchema) throws -> SchemaReport {
         try core.withLock { core in
             defer { tableList.withLock { $0 = Self.sortedTables(core) } }
             return try core.apply(schema)
@@ -62,13 +62,13 @@ public final class Store: @unchecked Sendable {
     /// under `paths` (files or folders). Only additive changes are accepted.
     @discardableResult
     public func applySchema(paths: [String]) throws -> SchemaReport {
-        try apply(try ParsedSchema.load(paths: paths))
+        try applyParsed(try ParsedSchema.load(paths: paths))
     }
 
     /// Applies schema SQL given as text (the same rules as schema files).
     @discardableResult
     public func applySchema(sql: String) throws -> SchemaReport {
-        try apply(try ParsedSchema.parse([("<schema>", sql)]))
+        try applyParsed(try ParsedSchema.parse([("<schema>", sql)]))
     }
 
     /// The replicated tables and their columns. Does not wait for the store's lock.

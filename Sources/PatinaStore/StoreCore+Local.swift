@@ -493,7 +493,7 @@ extension StoreCore {
         }
         // Read only up to the newest version served: held-back ones are the newest.
         var changes: [Int64: [Change]] = [:]
-        if let top = meta.keys.filter({ !isHeldBack($0) }).max() {
+        if let top = meta.keys.lazy.filter({ !isHeldBack($0) }).max() {
             changes = try readChanges(site: site, versions: versions.lowerBound...top)
         }
         var result: [Changeset] = []
